@@ -1,0 +1,699 @@
+"""Recipes: a YAML file → a tree of frozen dataclasses, loaded strictly.
+
+Loading is strict on purpose: a typo such as ``data.bach_size`` would otherwise
+silently train with the default batch size, and the resulting numbers would be
+reported as evidence for a recipe nobody ran. Every problem raises
+:class:`RecipeError` whose message names the file, the dotted key, the value
+received and how to fix it. Nothing here imports TensorFlow, so a bad recipe
+is rejected in milliseconds, before any compute is spent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import typing
+from typing import Any, Dict, Literal, Optional, Tuple, Union
+
+import yaml
+
+MAX_RECIPE_BYTES = 1 << 20
+MAX_EXTENDS_DEPTH = 16
+
+
+from keras_tl.errors import UserError
+
+
+class RecipeError(UserError):
+    """A recipe or override is invalid; the message is one line meant for a person."""
+
+
+def _field(default=dataclasses.MISSING, *, min=None, max=None, factory=None, doc=""):
+    meta = {"min": min, "max": max, "doc": doc}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation (applied to the train split only)."""
+
+    flip: bool = True
+    rot90: bool = True  # telescope and microscope images have no "up"
+    random_resized_crop: Optional[Tuple[float, float]] = None  # area fraction range, e.g. [0.6, 1.0]
+    brightness: float = _field(0.0, min=0.0, max=1.0)
+    contrast: float = _field(0.0, min=0.0, max=1.0)
+    noise: float = _field(0.0, min=0.0, max=255.0)  # stddev of Gaussian noise in pixel units
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """The built-in procedural galaxy dataset (``data.source: synthetic_galaxies``)."""
+
+    count: int = _field(2000, min=10, max=10_000_000)
+    survey: str = "decals"
+    noise_scale: float = _field(1.0, min=0.0, max=100.0)
+    output: Literal["uint8", "float"] = "uint8"
+    seed: int = _field(1234, min=0, max=2**31 - 1)  # the dataset's seed, not the run's
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: Literal["directory", "tfds", "synthetic_galaxies"] = "synthetic_galaxies"
+    path: Optional[str] = None  # directory source: one subfolder per class (local or gs://)
+    name: Optional[str] = None  # tfds source: dataset name, e.g. "eurosat/rgb"
+    data_dir: Optional[str] = None  # tfds data_dir
+    train_split: str = "train"
+    val_split: Optional[str] = None  # tfds: if None, carved from train with val_fraction
+    test_split: Optional[str] = None
+    image_key: str = "image"
+    label_key: str = "label"
+    image_size: Tuple[int, int] = (64, 64)
+    channels: int = _field(3, min=1, max=64)
+    batch_size: int = _field(32, min=1, max=65536)
+    val_fraction: float = _field(0.1, min=0.0, max=0.9)
+    test_fraction: float = _field(0.1, min=0.0, max=0.9)
+    split_seed: int = _field(0, min=0, max=2**31 - 1)  # splits/subsets stay fixed across run seeds
+    fraction: Optional[float] = _field(None, min=0.0, max=1.0)  # nested, stratified train subset
+    per_class: Optional[int] = _field(None, min=1, max=10_000_000)
+    resize: Literal["resize", "pad", "center_crop"] = "resize"
+    augment: AugmentConfig = _field(factory=AugmentConfig)
+    cache: str = "memory"  # memory | none | a file path prefix
+    shuffle_buffer: int = _field(2048, min=1, max=10_000_000)
+    deterministic: bool = False
+    class_weights: bool = False
+    on_bad_file: Literal["error", "skip"] = "error"
+    synthetic: SyntheticConfig = _field(factory=SyntheticConfig)
+
+
+# -------------------------------------------------------------------------- model
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseBlock:
+    units: int = _field(256, min=1, max=1_000_000)
+    activation: str = "relu"
+    dropout: float = _field(0.0, min=0.0, max=0.99)
+    batch_norm: bool = False
+    l2: float = _field(0.0, min=0.0, max=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet101"
+    weights: str = "imagenet"  # imagenet | none | path to .weights.h5/.h5/.keras (local or gs://)
+    head: Tuple[DenseBlock, ...] = ()
+    head_dropout: float = _field(0.0, min=0.0, max=0.99)  # before the output layer
+    pooling: Literal["avg", "max", "flatten"] = "avg"
+    cut_after: Optional[str] = None
+    reinit: Tuple[str, ...] = ()
+    bn: Literal["frozen", "train"] = "frozen"
+    conv1_adapt: Literal["mean", "sum"] = "mean"
+    output: Literal["multiclass", "multilabel", "binary"] = "multiclass"
+
+
+# -------------------------------------------------------------------------- train
+
+Trainable = Union[str, Tuple[str, ...], Dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    name: str = ""
+    # stage names ([conv4, conv5, head]), "all", "head", {from: conv4}, or
+    # {patterns: [regex, ...]} matched against layer names (every pattern must match).
+    trainable: Trainable = "head"
+    epochs: int = _field(1, min=1, max=100_000)
+    steps_per_epoch: Optional[int] = _field(None, min=1, max=10_000_000)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = _field(1e-3, min=0.0, max=10.0)
+    momentum: float = _field(0.9, min=0.0, max=1.0)
+    weight_decay: float = _field(0.0, min=0.0, max=1.0)
+    schedule: Literal["constant", "cosine", "step", "linear"] = "constant"
+    warmup_epochs: float = _field(0.0, min=0.0, max=100_000)
+    step_epochs: Tuple[int, ...] = ()  # for schedule: step
+    step_factor: float = _field(0.1, min=0.0, max=1.0)
+    label_smoothing: float = _field(0.0, min=0.0, max=0.99)
+    lr_multipliers: Dict[str, float] = _field(factory=dict)  # stage → multiplier
+
+
+@dataclasses.dataclass(frozen=True)
+class TPUConfig:
+    name: Optional[str] = None  # TPU node name, or "local" on a TPU VM
+    zone: Optional[str] = None
+    project: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    phases: Tuple[Phase, ...] = (Phase(),)
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
+    distribute: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
+    tpu: TPUConfig = _field(factory=TPUConfig)
+    jit_compile: Union[bool, Literal["auto"]] = "auto"
+    steps_per_execution: int = _field(1, min=1, max=100_000)
+    monitor: str = "val_accuracy"
+    early_stopping: Optional[int] = _field(None, min=1, max=100_000)  # patience in epochs
+    deterministic: bool = False  # tf.config.experimental.enable_op_determinism
+    feature_cache: Literal["auto", "off"] = "auto"  # frozen-backbone fast path
+    top_k: int = _field(5, min=1, max=1000)
+    tensorboard: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    savedmodel: bool = True
+    keras: bool = True
+    backbone_weights: bool = True
+    verify: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str = "recipe"
+    seed: int = _field(0, min=0, max=2**31 - 1)
+    description: str = ""
+    data: DataConfig = _field(factory=DataConfig)
+    model: ModelConfig = _field(factory=ModelConfig)
+    train: TrainConfig = _field(factory=TrainConfig)
+    export: ExportConfig = _field(factory=ExportConfig)
+
+
+# ------------------------------------------------------------------ YAML reading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load without aliases (an alias bomb expands exponentially when walked)
+    and with duplicate keys rejected (the second silently wins otherwise)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"YAML aliases (*{event.anchor}) are not allowed in recipes, at {event.start_mark}")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.YAMLError(f"duplicate key {key!r} {key_node.start_mark}")
+            if isinstance(key, (str, int, float, bool)):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (SafeLoader subclass)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{where}: not valid recipe YAML: {_one_line(e)}") from None
+    except (RecursionError, MemoryError):
+        raise RecipeError(f"{where}: YAML nesting too deep or too large") from None
+
+
+def _read_file(path: str) -> str:
+    import_path = path
+    try:
+        if path.startswith("gs://"):
+            import tensorflow as tf  # only for remote recipes
+
+            with tf.io.gfile.GFile(path, "rb") as f:
+                data = f.read(MAX_RECIPE_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_RECIPE_BYTES + 1)
+    except FileNotFoundError:
+        raise RecipeError(f"{import_path}: recipe file not found") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{import_path}: is a directory, expected a recipe .yaml file") from None
+    except OSError as e:
+        raise RecipeError(f"{import_path}: cannot read recipe: {e.strerror or e}") from None
+    if len(data) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: recipe is larger than {MAX_RECIPE_BYTES} bytes; is this the right file?")
+    if b"\x00" in data:
+        raise RecipeError(f"{path}: recipe is a binary file, expected YAML text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: recipe is not UTF-8 text") from None
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_raw(path: str, _stack: Tuple[str, ...] = ()) -> dict:
+    """The recipe file as a dict with every ``extends`` layer merged in (base first)."""
+    key = os.path.realpath(path) if not path.startswith("gs://") else path
+    if key in _stack:
+        chain = " -> ".join(os.path.basename(p) for p in _stack + (key,))
+        raise RecipeError(f"{path}: extends cycle: {chain}; remove one of the extends keys")
+    if len(_stack) >= MAX_EXTENDS_DEPTH:
+        raise RecipeError(f"{path}: extends chain deeper than {MAX_EXTENDS_DEPTH}")
+    raw = _parse_yaml(_read_file(path), path)
+    if raw is None:
+        raise RecipeError(f"{path}: recipe is empty; see recipes/smoke.yaml for a minimal one")
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections (name, seed, data, model, train, export), got {type(raw).__name__}")
+    base_ref = raw.pop("extends", None)
+    if base_ref is None:
+        return raw
+    if not isinstance(base_ref, str) or not base_ref:
+        raise RecipeError(f"{path}: extends: expected a path to another recipe, got {base_ref!r}")
+    if base_ref.startswith("gs://") or os.path.isabs(base_ref):
+        base_path = base_ref
+    elif path.startswith("gs://"):
+        base_path = path.rsplit("/", 1)[0] + "/" + base_ref
+    else:
+        base_path = os.path.join(os.path.dirname(os.path.abspath(path)), base_ref)
+    base = load_raw(base_path, _stack + (key,))
+    return _deep_merge(base, raw)
+
+
+# ------------------------------------------------------------- strict building
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if origin is Literal:
+        return " | ".join(str(a) for a in typing.get_args(tp))
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (tuple, Tuple):
+        return "a list"
+    if origin in (dict, Dict):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Builder:
+    def __init__(self, where: str):
+        self.where = where
+
+    def fail(self, path: str, msg: str):
+        raise RecipeError(f"{self.where}: {path or '<top>'}: {msg}")
+
+    def build(self, cls, raw: Any, path: str):
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            self.fail(path, f"expected a mapping of keys, got {_short(raw)}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in raw.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if not isinstance(key, str) or key not in fields:
+                close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]}?)" if close else f" (valid keys: {', '.join(fields)})"
+                self.fail(sub, f"unknown key{hint}")
+            kwargs[key] = self.convert(hints[key], value, sub, fields[key].metadata)
+        return cls(**kwargs)
+
+    def convert(self, tp, value, path, meta=None):
+        meta = meta or {}
+        origin = typing.get_origin(tp)
+        if tp is Any:
+            return _freeze(value)
+        if dataclasses.is_dataclass(tp):
+            return self.build(tp, value, path)
+        if origin is Union:
+            args = typing.get_args(tp)
+            if value is None:
+                if type(None) in args:
+                    return None
+                self.fail(path, f"expected {_type_name(tp)}, got null")
+            errors = []
+            for arg in args:
+                if arg is type(None):
+                    continue
+                try:
+                    return self.convert(arg, value, path, meta)
+                except RecipeError as e:
+                    errors.append(e)
+            if len(errors) == 1:
+                raise errors[0]
+            self.fail(path, f"expected {_type_name(tp)}, got {_short(value)}")
+        if origin is Literal:
+            choices = typing.get_args(tp)
+            if isinstance(value, bool) or value not in choices:
+                close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                self.fail(path, f"expected one of {', '.join(map(str, choices))}; got {_short(value)}{hint}")
+            return value
+        if origin in (tuple, Tuple):
+            args = typing.get_args(tp)
+            if not isinstance(value, (list, tuple)):
+                self.fail(path, f"expected a list, got {_short(value)}")
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(self.convert(args[0], v, f"{path}.{i}", meta) for i, v in enumerate(value))
+            if len(value) != len(args):
+                self.fail(path, f"expected a list of {len(args)} values, got {_short(value)}")
+            return tuple(self.convert(a, v, f"{path}.{i}", meta) for i, (a, v) in enumerate(zip(args, value)))
+        if origin in (dict, Dict):
+            ktp, vtp = typing.get_args(tp)
+            if not isinstance(value, dict):
+                self.fail(path, f"expected a mapping, got {_short(value)}")
+            return {self.convert(ktp, k, f"{path}", {}): self.convert(vtp, v, f"{path}.{k}", meta) for k, v in value.items()}
+        if tp is bool:
+            if not isinstance(value, bool):
+                self.fail(path, f"expected true or false, got {_short(value)}")
+            return value
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+                    value = int(value)
+                else:
+                    self.fail(path, f"expected an integer, got {_short(value)}")
+            self.check_range(path, value, meta)
+            return value
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                self.fail(path, f"expected a number, got {_short(value)}")
+            try:
+                value = float(value)
+            except OverflowError:
+                self.fail(path, f"number too large: {_short(value)}")
+            if not math.isfinite(value):
+                self.fail(path, f"expected a finite number, got {value}")
+            self.check_range(path, value, meta)
+            return value
+        if tp is str:
+            if not isinstance(value, str):
+                self.fail(path, f"expected a string, got {_short(value)}")
+            return value
+        raise TypeError(f"recipe schema: unsupported type {tp} at {path}")  # a bug in this file
+
+    def check_range(self, path, value, meta):
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is not None and value < lo:
+            self.fail(path, f"must be >= {lo}, got {_short(value)}")
+        if hi is not None and value > hi:
+            self.fail(path, f"must be <= {hi}, got {_short(value)}")
+
+
+def _freeze(value):
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _freeze(v) for k, v in value.items()}
+    return value
+
+
+# ------------------------------------------------------------------ overrides
+
+
+def _schema_child(tp, part: str):
+    """The type found one step down from ``tp`` along ``part``, or raise KeyError/IndexError."""
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        for arg in typing.get_args(tp):
+            if arg is not type(None):
+                try:
+                    return _schema_child(arg, part)
+                except (KeyError, IndexError, TypeError):
+                    continue
+        raise KeyError(part)
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            raise KeyError(part)
+        return hints[part]
+    if origin in (tuple, Tuple):
+        if not part.isdigit():
+            raise IndexError(part)
+        return typing.get_args(tp)[0]
+    if origin in (dict, Dict) or tp is Any:
+        return Any
+    raise TypeError(part)
+
+
+def apply_overrides(raw: dict, overrides) -> dict:
+    """Apply ``a.b.c=value`` strings (values parsed as YAML) to a raw recipe dict."""
+    raw = _deep_merge({}, raw)
+    for item in overrides or ():
+        if not isinstance(item, str) or "=" not in item:
+            raise RecipeError(f"--set {item!r}: expected key=value, e.g. --set model.weights=none")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if not key or any(not p for p in parts):
+            raise RecipeError(f"--set {item}: empty key; expected a dotted path such as train.phases.1.lr")
+        value = _parse_yaml(text, f"--set {key}") if text.strip() else ""
+        tp: Any = Recipe
+        for i, part in enumerate(parts):
+            try:
+                tp = _schema_child(tp, part)
+            except (KeyError, IndexError, TypeError):
+                parent = ".".join(parts[:i])
+                candidates = []
+                try:
+                    if dataclasses.is_dataclass(_strip_optional(tp)):
+                        candidates = [f.name for f in dataclasses.fields(_strip_optional(tp))]
+                except TypeError:
+                    pass
+                close = difflib.get_close_matches(part, candidates, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                where = f"{parent}.{part}" if parent else part
+                raise RecipeError(f"--set {key}: unknown key {where}{hint}") from None
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            nxt = parts[i + 1]
+            if isinstance(node, list):
+                idx = int(part)
+                if idx >= len(node):
+                    raise RecipeError(f"--set {key}: index {idx} out of range, the recipe has {len(node)} entries at {'.'.join(parts[:i])}")
+                if not isinstance(node[idx], (dict, list)):
+                    node[idx] = {}
+                node[idx] = _deep_merge({}, node[idx]) if isinstance(node[idx], dict) else list(node[idx])
+                node = node[idx]
+            else:
+                child = node.get(part)
+                if child is None:
+                    if nxt.isdigit():
+                        # Indexing into a list the recipe leaves at its default (e.g. phases).
+                        default = _default_at(parts[: i + 1])
+                        child = [dataclasses.asdict(d) if dataclasses.is_dataclass(d) else d for d in default]
+                    else:
+                        child = {}
+                elif isinstance(child, dict):
+                    child = _deep_merge({}, child)
+                elif isinstance(child, list):
+                    child = list(child)
+                else:
+                    raise RecipeError(f"--set {key}: {'.'.join(parts[:i + 1])} is {_short(child)}, not a section")
+                node[part] = child
+                node = child
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = int(last)
+            if idx >= len(node):
+                raise RecipeError(f"--set {key}: index {idx} out of range, the recipe has {len(node)} entries")
+            node[idx] = value
+        else:
+            node[last] = value
+    return raw
+
+
+def _strip_optional(tp):
+    if typing.get_origin(tp) is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _default_at(parts):
+    obj: Any = Recipe()
+    for p in parts:
+        obj = obj[int(p)] if isinstance(obj, tuple) else getattr(obj, p)
+    return obj
+
+
+# ------------------------------------------------------------------ public API
+
+
+def from_dict(raw: dict, where: str = "<recipe>", validate_: bool = True) -> Recipe:
+    """Build a Recipe from a plain dict, strictly, then run :func:`validate`."""
+    recipe = _Builder(where).build(Recipe, raw, "")
+    if validate_:
+        validate(recipe, where)
+    return recipe
+
+
+def load(path: str, overrides=(), validate_: bool = True) -> Recipe:
+    """Load ``path`` (following ``extends``), apply ``--set`` overrides, build and validate."""
+    raw = load_raw(path)
+    raw = apply_overrides(raw, overrides)
+    return from_dict(raw, path, validate_)
+
+
+def to_dict(recipe: Recipe) -> dict:
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(recipe)
+
+
+def dump(recipe: Recipe) -> str:
+    """The resolved recipe as YAML; ``loads(dump(r)) == r``."""
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True)
+
+
+def loads(text: str, where: str = "<string>") -> Recipe:
+    raw = _parse_yaml(text, where)
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: a recipe must be a mapping")
+    raw.pop("extends", None)
+    return from_dict(raw, where)
+
+
+def replace(recipe: Recipe, overrides) -> Recipe:
+    """A copy of ``recipe`` with ``--set``-style overrides applied (used by studies)."""
+    return from_dict(apply_overrides(to_dict(recipe), overrides), f"<{recipe.name}>")
+
+
+# ----------------------------------------------------------------- validation
+
+
+def stage_list(recipe: Recipe) -> Tuple[str, ...]:
+    """The backbone's stages that exist in this model (after ``cut_after``)."""
+    from keras_tl import backbones  # registry data only, no TensorFlow import
+
+    stages = backbones.get(recipe.model.backbone).stages
+    if recipe.model.cut_after:
+        stages = stages[: stages.index(recipe.model.cut_after) + 1]
+    return tuple(stages)
+
+
+def check_trainable(spec, stages, where: str) -> None:
+    """Reject a phase's ``trainable`` that names nothing in this model."""
+    names = tuple(stages) + ("head",)
+    if isinstance(spec, str):
+        if spec in ("all", "head", "none") or spec in names:
+            return
+        close = difflib.get_close_matches(spec, names + ("all",), n=1)
+        raise RecipeError(f"{where}: unknown stage {spec!r}{f' (did you mean {close[0]}?)' if close else ''}; valid: all, head, none, {', '.join(names)}")
+    if isinstance(spec, tuple):
+        if not spec:
+            raise RecipeError(f"{where}: empty list; use none to train nothing, or list stages such as [conv5, head]")
+        for i, s in enumerate(spec):
+            if not isinstance(s, str) or s not in names:
+                close = difflib.get_close_matches(str(s), names, n=1)
+                raise RecipeError(f"{where}.{i}: unknown stage {_short(s)}{f' (did you mean {close[0]}?)' if close else ''}; valid: {', '.join(names)}")
+        return
+    if isinstance(spec, dict):
+        keys = set(spec)
+        if keys == {"from"}:
+            if spec["from"] not in stages:
+                raise RecipeError(f"{where}.from: unknown stage {_short(spec['from'])}; valid: {', '.join(stages)}")
+            return
+        if keys == {"patterns"}:
+            import re
+
+            pats = spec["patterns"]
+            if not isinstance(pats, tuple) or not pats or not all(isinstance(p, str) for p in pats):
+                raise RecipeError(f"{where}.patterns: expected a non-empty list of regular expressions")
+            for p in pats:
+                try:
+                    re.compile(p)
+                except re.error as e:
+                    raise RecipeError(f"{where}.patterns: invalid regular expression {p!r}: {e}") from None
+            return
+        raise RecipeError(f"{where}: expected {{from: <stage>}} or {{patterns: [regex, ...]}}, got keys {sorted(map(str, keys))}")
+    raise RecipeError(f"{where}: expected a stage name, a list of stages, {{from: <stage>}} or {{patterns: [...]}}, got {_short(spec)}")
+
+
+def validate(recipe: Recipe, where: str = "<recipe>") -> None:
+    """Cross-field rules. Runs before TensorFlow builds anything."""
+    from keras_tl import backbones
+
+    def fail(key, msg):
+        raise RecipeError(f"{where}: {key}: {msg}")
+
+    d, m, t = recipe.data, recipe.model, recipe.train
+    if not recipe.name or any(c in recipe.name for c in "/\\\x00") or recipe.name in (".", ".."):
+        fail("name", f"must be a non-empty name without path separators, got {_short(recipe.name)}")
+    if d.source == "directory" and not d.path:
+        fail("data.path", "data.source is directory: set data.path to a folder with one subfolder per class")
+    if d.source == "tfds" and not d.name:
+        fail("data.name", "data.source is tfds: set data.name to a TFDS dataset name, e.g. eurosat/rgb")
+    h, w = d.image_size
+    if h < 32 or w < 32 or h > 4096 or w > 4096:
+        fail("data.image_size", f"each side must be between 32 and 4096 pixels, got {list(d.image_size)}")
+    if d.fraction is not None and d.per_class is not None:
+        fail("data.fraction", "set data.fraction or data.per_class, not both")
+    if d.fraction is not None and d.fraction <= 0:
+        fail("data.fraction", f"must be > 0, got {d.fraction}")
+    if d.val_fraction + d.test_fraction >= 1.0:
+        fail("data.val_fraction", f"val_fraction + test_fraction must be < 1, got {d.val_fraction} + {d.test_fraction}")
+    if d.augment.random_resized_crop is not None:
+        lo, hi = d.augment.random_resized_crop
+        if not 0 < lo <= hi <= 1:
+            fail("data.augment.random_resized_crop", f"expected [min, max] with 0 < min <= max <= 1, got {list(d.augment.random_resized_crop)}")
+    if d.source == "synthetic_galaxies":
+        if d.synthetic.output == "uint8" and d.channels != 3:
+            fail("data.channels", f"synthetic uint8 images are RGB (3 channels), got {d.channels}; set data.synthetic.output: float for other band counts")
+    try:
+        entry = backbones.get(m.backbone)
+    except KeyError as e:
+        fail("model.backbone", e.args[0])
+    if m.cut_after is not None and m.cut_after not in entry.stages:
+        fail("model.cut_after", f"unknown stage {m.cut_after!r} for {m.backbone}; valid: {', '.join(entry.stages)}")
+    stages = stage_list(recipe)
+    for i, s in enumerate(m.reinit):
+        if s not in entry.stages:
+            fail(f"model.reinit.{i}", f"unknown stage {s!r} for {m.backbone}; valid: {', '.join(entry.stages)}")
+        if s not in stages:
+            fail(f"model.reinit.{i}", f"stage {s} is removed by model.cut_after: {m.cut_after}")
+    if m.weights == "":
+        fail("model.weights", "expected imagenet, none or a weights file path")
+    if m.reinit and m.weights == "none":
+        fail("model.reinit", "re-initialising stages of a randomly initialised model changes nothing; use model.weights: imagenet or a file")
+    if not t.phases:
+        fail("train.phases", "at least one phase is needed")
+    for i, ph in enumerate(t.phases):
+        check_trainable(ph.trainable, stages, f"{where}: train.phases.{i}.trainable")
+        for s in ph.lr_multipliers:
+            if s not in stages + ("head",):
+                fail(f"train.phases.{i}.lr_multipliers", f"unknown stage {s!r}; valid: {', '.join(stages + ('head',))}")
+        if ph.schedule == "step" and not ph.step_epochs:
+            fail(f"train.phases.{i}.step_epochs", "schedule: step needs step_epochs, e.g. [10, 20]")
+        if ph.warmup_epochs > ph.epochs:
+            fail(f"train.phases.{i}.warmup_epochs", f"{ph.warmup_epochs} is longer than the phase ({ph.epochs} epochs)")
+    if t.distribute == "tpu" and t.precision == "mixed_float16":
+        fail("train.precision", "TPUs compute in bfloat16: use mixed_bfloat16 or auto")
+    if not t.monitor or not t.monitor.replace("_", "").isalnum():
+        fail("train.monitor", f"expected a metric name such as val_accuracy or val_loss, got {_short(t.monitor)}")
