@@ -1,0 +1,624 @@
+"""Train one recipe and export the model.
+
+    python -m keras_tl.train --recipe recipes/telescope.yaml [--set k=v ...] [--workdir DIR]
+
+The entry point only parses, validates and delegates (as in TF Model Garden's
+``official/vision/train.py``): the recipe is loaded and validated before
+TensorFlow is imported, so a typo costs milliseconds, not a model build.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import socket
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from absl import app, flags
+
+from keras_tl import recipe as recipe_lib
+from keras_tl.errors import UserError, WorkdirError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("recipe", None, "Path to a recipe YAML file.")
+flags.DEFINE_multi_string("set", [], "Override a recipe key: --set model.weights=none (repeatable).")
+flags.DEFINE_string("workdir", None, "Run directory (default runs/<recipe name>/<timestamp>); rerun on an unfinished one to resume.")
+flags.DEFINE_string("tpu", None, "TPU name (overrides train.tpu.name); 'local' on a TPU VM.")
+flags.DEFINE_string("tpu_zone", None, "TPU zone (overrides train.tpu.zone).")
+flags.DEFINE_string("tpu_project", None, "GCP project (overrides train.tpu.project).")
+
+MIN_FREE_BYTES = 200 * 2**20
+DONE = "DONE"
+
+
+# ----------------------------------------------------------------- files
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def write_text(path: str, text: str) -> None:
+    """Write atomically (temp file + rename) so a kill never leaves half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    if _is_remote(path):
+        gf = _gfile()
+        with gf.GFile(tmp, "w") as f:
+            f.write(text)
+        gf.rename(tmp, path, overwrite=True)
+        return
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _exists(path: str) -> bool:
+    return _gfile().exists(path) if _is_remote(path) else os.path.exists(path)
+
+
+def _read_text(path: str) -> str:
+    if _is_remote(path):
+        with _gfile().GFile(path, "r") as f:
+            return f.read()
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def default_workdir(recipe: recipe_lib.Recipe) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", recipe.name, stamp)
+
+
+def prepare_workdir(workdir: str, recipe: recipe_lib.Recipe) -> bool:
+    """Create or check the run directory. Returns True when resuming an unfinished run.
+
+    Refuses a finished run, a directory holding something else, a different recipe,
+    an unwritable directory or one with too little free disk — all before training.
+    """
+    recipe_text = recipe_lib.dump(recipe)
+    recipe_path = os.path.join(workdir, "recipe.yaml")
+    if _exists(os.path.join(workdir, DONE)):
+        raise WorkdirError(f"{workdir}: holds a finished run; choose another --workdir or delete this one to retrain")
+    resuming = _exists(recipe_path)
+    if resuming:
+        if _read_text(recipe_path) != recipe_text:
+            raise WorkdirError(
+                f"{workdir}: holds an unfinished run of a different recipe; resume it with the same recipe and --set flags, or choose another --workdir"
+            )
+    elif _exists(workdir) and not _is_remote(workdir) and os.listdir(workdir):
+        raise WorkdirError(f"{workdir}: exists, is not empty and holds no keras_tl run; choose another --workdir")
+    if _is_remote(workdir):
+        _gfile().makedirs(workdir)
+    else:
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as e:
+            raise WorkdirError(f"{workdir}: cannot write to the run directory ({e.strerror or e}); choose a writable --workdir") from None
+        free = shutil.disk_usage(workdir).free
+        if free < MIN_FREE_BYTES:
+            raise WorkdirError(f"{workdir}: only {free // 2**20} MiB free, keras_tl needs at least {MIN_FREE_BYTES // 2**20} MiB for checkpoints and the export; free some disk or choose another --workdir")
+    if not resuming:
+        write_text(recipe_path, recipe_text)
+    return resuming
+
+
+# --------------------------------------------------------------- optimizer
+
+
+def _lr_schedule(phase: recipe_lib.Phase, steps_per_epoch: int):
+    import keras
+
+    total = max(1, phase.epochs * steps_per_epoch)
+    warmup = int(round(phase.warmup_epochs * steps_per_epoch))
+    boundaries = [e * steps_per_epoch for e in phase.step_epochs]
+    if phase.schedule == "constant" and warmup == 0:
+        return phase.lr
+    return PhaseSchedule(phase.lr, total, warmup, phase.schedule, boundaries, phase.step_factor)
+
+
+def make_optimizer(phase: recipe_lib.Phase, steps_per_epoch: int):
+    """The phase's optimizer with its learning-rate schedule."""
+    import keras
+
+    lr = _lr_schedule(phase, steps_per_epoch)
+    wd = phase.weight_decay or None
+    if phase.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=phase.momentum, weight_decay=wd)
+    if phase.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=lr, weight_decay=wd)
+    return keras.optimizers.AdamW(learning_rate=lr, weight_decay=phase.weight_decay or 1e-4)
+
+
+def _schedule_class():
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="keras_tl")
+    class PhaseSchedule(keras.optimizers.schedules.LearningRateSchedule):
+        """Linear warm-up, then constant | cosine | step | linear decay over the phase."""
+
+        def __init__(self, lr, total_steps, warmup_steps=0, kind="constant", boundaries=(), factor=0.1):
+            self.lr, self.total_steps, self.warmup_steps = float(lr), int(total_steps), int(warmup_steps)
+            self.kind, self.boundaries, self.factor = kind, list(boundaries), float(factor)
+
+        def __call__(self, step):
+            step = ops.cast(step, "float32")
+            warm = float(max(self.warmup_steps, 1))
+            span = float(max(self.total_steps - self.warmup_steps, 1))
+            t = ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
+            if self.kind == "cosine":
+                lr = 0.5 * self.lr * (1.0 + ops.cos(math.pi * t))
+            elif self.kind == "linear":
+                lr = self.lr * (1.0 - t)
+            elif self.kind == "step":
+                n = sum(ops.cast(step >= b, "float32") for b in self.boundaries) if self.boundaries else 0.0
+                lr = self.lr * ops.power(self.factor, n)
+            else:
+                lr = self.lr + 0.0 * step
+            if self.warmup_steps > 0:
+                lr = ops.where(step < self.warmup_steps, self.lr * (step + 1.0) / warm, lr)
+            return lr
+
+        def get_config(self):
+            return dict(lr=self.lr, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                        kind=self.kind, boundaries=self.boundaries, factor=self.factor)
+
+    return PhaseSchedule
+
+
+def PhaseSchedule(*args, **kwargs):  # noqa: N802 (a class, built lazily so this module imports without TF)
+    global PhaseSchedule
+    PhaseSchedule = _schedule_class()
+    return PhaseSchedule(*args, **kwargs)
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def _loss_and_metrics(num_outputs: int, phase: recipe_lib.Phase, top_k: int):
+    import keras
+
+    if num_outputs == 1:
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=phase.label_smoothing)
+        return loss, [keras.metrics.BinaryAccuracy(name="accuracy")]
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=phase.label_smoothing)
+    metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    k = min(top_k, num_outputs - 1)
+    if k >= 2:
+        metrics.append(keras.metrics.TopKCategoricalAccuracy(k=k, name=f"top{k}"))
+    return loss, metrics
+
+
+def _encode_labels(ds, num_outputs: int):
+    import tensorflow as tf
+
+    if ds is None:
+        return None
+    if num_outputs == 1:
+        return ds.map(lambda x, y: (x, tf.cast(tf.reshape(y, [-1, 1]), tf.float32)))
+    return ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), num_outputs)))
+
+
+def evaluate(model, ds, class_names, top_k: int) -> Dict[str, Any]:
+    """Loss, accuracy, top-k, per-class precision/recall/F1, ROC-AUC and the confusion matrix on ``ds``."""
+    import numpy as np
+    from sklearn import metrics as skm
+
+    probs, labels = [], []
+    for x, y in ds:
+        probs.append(np.asarray(model(x, training=False), dtype=np.float64))
+        labels.append(np.asarray(y).reshape(-1))
+    p = np.concatenate(probs) if probs else np.zeros((0, len(class_names)))
+    y = np.concatenate(labels).astype(int) if labels else np.zeros((0,), int)
+    n_classes = len(class_names)
+    if p.shape[1] == 1:  # binary, one sigmoid unit: expand to two columns
+        p = np.concatenate([1 - p, p], axis=1)
+    eps = 1e-7
+    out: Dict[str, Any] = {"examples": int(len(y))}
+    if len(y) == 0:
+        return out
+    out["loss"] = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], eps, 1.0))))
+    pred = p.argmax(1)
+    out["accuracy"] = float(np.mean(pred == y))
+    k = min(top_k, n_classes - 1)
+    if k >= 2:
+        topk = np.argsort(-p, axis=1)[:, :k]
+        out[f"top{k}"] = float(np.mean((topk == y[:, None]).any(1)))
+    labels_all = list(range(n_classes))
+    prec, rec, f1, sup = skm.precision_recall_fscore_support(y, pred, labels=labels_all, zero_division=0)
+    out["per_class"] = {
+        name: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(sup[i])}
+        for i, name in enumerate(class_names)
+    }
+    out["macro_f1"] = float(np.mean(f1))
+    present = np.unique(y)
+    try:
+        if n_classes == 2 and len(present) == 2:
+            out["roc_auc"] = float(skm.roc_auc_score(y, p[:, 1]))
+        elif len(present) == n_classes and n_classes > 2:
+            out["roc_auc_ovr_macro"] = float(skm.roc_auc_score(y, p, multi_class="ovr", labels=labels_all))
+    except ValueError:
+        pass
+    out["confusion"] = skm.confusion_matrix(y, pred, labels=labels_all).tolist()
+    return out
+
+
+def plot_confusion(matrix, class_names, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=float)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * n, 1.0 + 0.5 * n), dpi=100)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), class_names, fontsize=8)
+    for i in range(n):
+        for j in range(n):
+            if m[i, j]:
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------- records
+
+
+def _versions() -> Dict[str, str]:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import keras_tl
+
+    return {"keras_tl": keras_tl.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _as_dict(obj) -> Optional[dict]:
+    import dataclasses
+
+    if obj is None:
+        return None
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "_asdict"):
+        return dict(obj._asdict())
+    return dict(obj) if isinstance(obj, dict) else {"value": str(obj)}
+
+
+def _read_csv_log(path: str) -> Dict[str, List[float]]:
+    """Per-epoch history of a phase from its CSV log, one row per epoch (a resumed phase
+    may have logged an epoch twice: the later row wins)."""
+    import csv
+
+    if not _exists(path):
+        return {}
+    rows: Dict[int, dict] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                rows[int(row["epoch"])] = row
+            except (KeyError, ValueError):
+                continue
+    out: Dict[str, List[float]] = {}
+    for epoch in sorted(rows):
+        for k, v in rows[epoch].items():
+            if k != "epoch" and v not in (None, ""):
+                out.setdefault(k, []).append(float(v))
+    return out
+
+
+def _phase_is_head_only(rows) -> bool:
+    return all(r["trainable_params"] == 0 for r in rows if r["stage"] != "head")
+
+
+def _augmentation_off(recipe) -> bool:
+    a = recipe.data.augment
+    return not (a.flip or a.rot90 or a.random_resized_crop or a.brightness or a.contrast or a.noise)
+
+
+def fast_path_reason(recipe, rows, runtime) -> Optional[str]:
+    """None when a phase may train the head on cached backbone features, else why not."""
+    if recipe.train.feature_cache == "off":
+        return "train.feature_cache: off"
+    if not _phase_is_head_only(rows):
+        return "the phase trains backbone stages"
+    if not _augmentation_off(recipe):
+        return "training augmentation is on (features would differ per epoch)"
+    if runtime.num_replicas > 1:
+        return "more than one replica"
+    return None
+
+
+# ---------------------------------------------------------------------- run
+
+
+def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: Optional[dict] = None,
+        log=print) -> Dict[str, Any]:
+    """Train ``recipe`` in ``workdir`` (resuming an unfinished run there) and export it.
+
+    Returns the final metrics (also written to ``metrics.json``).
+    """
+    t_start = time.time()
+    workdir = workdir or default_workdir(recipe)
+    resuming = prepare_workdir(workdir, recipe)
+    if resuming:
+        log(f"keras_tl: resuming the unfinished run in {workdir}")
+    else:
+        log(f"keras_tl: run directory {workdir}")
+
+    from keras_tl import distribute
+
+    runtime = distribute.setup(recipe, tpu_flags=tpu_flags)
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_tl import data as data_lib
+    from keras_tl import export as export_lib
+    from keras_tl import freeze, model as model_lib
+
+    from keras_tl import weights as weights_lib
+
+    # Resolve weights before reading any data: a missing ImageNet file stops the run in seconds.
+    weights_info = _as_dict(weights_lib.resolve_weights(recipe))
+    keras.utils.set_random_seed(recipe.seed)
+    if recipe.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+    scan_info = data_lib.scan(recipe)
+    if scan_info and scan_info.get("skipped_files"):
+        write_json(os.path.join(workdir, "skipped_files.json"), scan_info)
+        log(f"keras_tl: skipping {len(scan_info['skipped_files'])} unreadable files (listed in skipped_files.json)")
+    datasets = data_lib.build_datasets(recipe, global_batch_size=recipe.data.batch_size,
+                                       drop_remainder=runtime.needs_static_shapes)
+    class_names = list(datasets.class_names)
+    num_classes = len(class_names)
+
+    with runtime.strategy.scope():
+        model = model_lib.build_model(recipe, num_classes)
+    num_outputs = int(model.output.shape[-1])
+    train_ds = _encode_labels(datasets.train, num_outputs)
+    val_ds = _encode_labels(datasets.val, num_outputs)
+
+    state_path = os.path.join(workdir, "state.json")
+    state = json.loads(_read_text(state_path)) if _exists(state_path) else {"phases": []}
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    os.makedirs(ckpt_dir, exist_ok=True) if not _is_remote(ckpt_dir) else _gfile().makedirs(ckpt_dir)
+    if state["phases"]:
+        last = state["phases"][-1]
+        model.load_weights(last["weights"])
+        log(f"keras_tl: phases 0..{len(state['phases']) - 1} already done; loaded {last['weights']}")
+
+    n_train = datasets.counts["train"]
+    batch = recipe.data.batch_size
+    history: Dict[str, List[float]] = {}
+    for done in state["phases"]:
+        for k, v in done.get("history", {}).items():
+            history.setdefault(k, []).extend(v)
+
+    for index, phase in enumerate(recipe.train.phases):
+        if index < len(state["phases"]):
+            continue
+        label = phase.name or f"phase{index}"
+        rows = freeze.apply_phase(model, phase, recipe)
+        log(f"keras_tl: {label}: {phase.epochs} epochs, {phase.optimizer} lr {phase.lr}, trainable:\n{freeze.format_table(rows)}")
+        if phase.lr_multipliers:
+            raise UserError(
+                f"train.phases.{index}.lr_multipliers: per-stage learning rates are not supported with Keras 3 optimizers yet; "
+                "use a separate phase with a lower lr for the deeper stages instead")
+        if runtime.needs_static_shapes:
+            steps_per_epoch = phase.steps_per_epoch or max(1, n_train // batch)
+        else:
+            steps_per_epoch = phase.steps_per_epoch or max(1, math.ceil(n_train / batch))
+        reason = fast_path_reason(recipe, rows, runtime)
+        t_phase = time.time()
+        callbacks = [
+            keras.callbacks.CSVLogger(os.path.join(workdir, f"log_{index}_{label}.csv"), append=True),
+            keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup", f"phase{index}"), double_checkpoint=True),
+        ]
+        best_path = os.path.join(ckpt_dir, f"best_{index}.weights.h5")
+        if recipe.train.tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard", label), write_graph=False))
+        if recipe.train.early_stopping:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor=recipe.train.monitor, patience=recipe.train.early_stopping,
+                                                           mode="auto"))
+        with runtime.strategy.scope():
+            loss, metrics = _loss_and_metrics(num_outputs, phase, recipe.train.top_k)
+            optimizer = make_optimizer(phase, steps_per_epoch)
+        fit_kwargs = dict(epochs=phase.epochs, verbose=1 if sys.stdout.isatty() else 2)
+        if recipe.data.class_weights and datasets.class_weights:
+            fit_kwargs["class_weight"] = {int(k): float(v) for k, v in datasets.class_weights.items()}
+        if phase.steps_per_epoch:
+            fit_kwargs["steps_per_epoch"] = phase.steps_per_epoch
+            train_in = train_ds.repeat()
+        else:
+            train_in = train_ds
+        if reason is None:
+            log(f"keras_tl: {label}: frozen backbone, no augmentation: training the head on cached features")
+            fe, head = model_lib.feature_extractor(model), model_lib.head_model(model)
+            feats = _cached_features(fe, datasets, recipe, num_outputs, seed=recipe.seed + index)
+            head.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=runtime.jit_compile,
+                         steps_per_execution=recipe.train.steps_per_execution)
+            callbacks.append(keras.callbacks.ModelCheckpoint(best_path, monitor=recipe.train.monitor, save_best_only=True,
+                                                             save_weights_only=True))
+            f_train = feats["train"].repeat() if phase.steps_per_epoch else feats["train"]
+            hist = head.fit(f_train, validation_data=feats["val"], callbacks=callbacks, **fit_kwargs)
+            if _exists(best_path):
+                head.load_weights(best_path)
+        else:
+            log(f"keras_tl: {label}: full forward/backward path ({reason})")
+            model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=runtime.jit_compile,
+                          steps_per_execution=recipe.train.steps_per_execution)
+            callbacks.append(keras.callbacks.ModelCheckpoint(best_path, monitor=recipe.train.monitor, save_best_only=True,
+                                                             save_weights_only=True))
+            hist = model.fit(train_in, validation_data=val_ds, callbacks=callbacks, **fit_kwargs)
+            if _exists(best_path):
+                model.load_weights(best_path)
+        phase_weights = os.path.join(ckpt_dir, f"phase{index}.weights.h5")
+        model.save_weights(phase_weights)
+        phase_hist = _read_csv_log(callbacks[0].filename) or {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        epochs_run = len(next(iter(phase_hist.values()), []))
+        for k, v in phase_hist.items():
+            history.setdefault(k, []).extend(v)
+        state["phases"].append({
+            "name": label, "weights": phase_weights, "history": phase_hist, "stages": rows,
+            "trainable_params": int(sum(r["trainable_params"] for r in rows)),
+            "epochs_run": epochs_run,
+            "images_seen": int(epochs_run * (phase.steps_per_epoch * batch if phase.steps_per_epoch else n_train)),
+            "wall_time_s": round(time.time() - t_phase, 2),
+            "path": "cached_features" if reason is None else "full",
+            "fast_path_skipped_because": reason,
+        })
+        write_json(state_path, state)
+
+    results = {"val": evaluate(model, datasets.val, class_names, recipe.train.top_k)}
+    if datasets.test is not None:
+        results["test"] = evaluate(model, datasets.test, class_names, recipe.train.top_k)
+    final_split = "test" if "test" in results else "val"
+    for split in results:
+        cm = results[split].get("confusion")
+        if cm is not None:
+            write_json(os.path.join(workdir, f"confusion_{split}.json"), {"class_names": class_names, "matrix": cm})
+            plot_confusion(cm, class_names, os.path.join(workdir, f"confusion_{split}.png"),
+                           f"{recipe.name}: {split} (accuracy {results[split]['accuracy']:.3f})")
+
+    export_dir = os.path.join(workdir, "export")
+    export_info = None
+    if recipe.export.savedmodel or recipe.export.keras:
+        if _exists(export_dir):  # exports are atomic: this one is complete, from an attempt killed before DONE
+            export_info = {"dir": export_dir, "reused": True}
+        else:
+            sample = next(iter(datasets.val.take(1)))[0][:8]
+            export_info = export_lib.export_run(model, export_dir, class_names=class_names, recipe=recipe,
+                                                sample_images=np.asarray(sample), top_k=recipe.train.top_k)
+
+    images_seen = sum(p["images_seen"] for p in state["phases"])
+    metrics = {
+        "recipe": recipe.name,
+        "seed": recipe.seed,
+        "val": results["val"],
+        "test": results.get("test"),
+        "final_split": final_split,
+        "history": history,
+        "images_seen": images_seen,
+        "wall_time": round(sum(p["wall_time_s"] for p in state["phases"]), 2),
+    }
+    write_json(os.path.join(workdir, "metrics.json"), metrics)
+    run_info = {
+        "recipe": recipe.name,
+        "workdir": workdir,
+        "host": socket.gethostname(),
+        "versions": _versions(),
+        "device": {"kind": runtime.device, "replicas": runtime.num_replicas, "precision": runtime.policy,
+                   "jit_compile": runtime.jit_compile, "strategy": type(runtime.strategy).__name__},
+        "seed": recipe.seed,
+        "weights": weights_info,
+        "data": {**datasets.info, "counts": datasets.counts, "class_counts": datasets.class_counts,
+                 "class_names": class_names},
+        "phases": [{k: v for k, v in p.items() if k != "history"} for p in state["phases"]],
+        "images_seen": images_seen,
+        "wall_time_s": {"training": metrics["wall_time"], "this_process": round(time.time() - t_start, 2)},
+        "export": export_info,
+    }
+    write_json(os.path.join(workdir, "run.json"), run_info)
+    write_text(os.path.join(workdir, DONE), datetime.datetime.now().isoformat() + "\n")
+    summary = results[final_split]
+    log(f"keras_tl: done: {final_split} accuracy {summary.get('accuracy', float('nan')):.4f}, loss {summary.get('loss', float('nan')):.4f}; "
+        f"{workdir}")
+    return metrics
+
+
+def _cached_features(fe, datasets, recipe, num_outputs: int, seed: int):
+    """Backbone features of the (unaugmented) train and val sets, computed once."""
+    import numpy as np
+    import tensorflow as tf
+
+    def extract(ds):
+        xs, ys = [], []
+        for x, y in ds:
+            xs.append(np.asarray(fe(x, training=False), dtype=np.float32))
+            ys.append(np.asarray(y))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    def encode(y):
+        if num_outputs == 1:
+            return y.reshape(-1, 1).astype(np.float32)
+        return np.eye(num_outputs, dtype=np.float32)[y.astype(int)]
+
+    bs = recipe.data.batch_size
+    from keras_tl import data as data_lib
+
+    plain = data_lib.build_datasets(recipe, global_batch_size=bs, augment=False, shuffle=False)
+    xtr, ytr = extract(plain.train)
+    xva, yva = extract(plain.val)
+    train = tf.data.Dataset.from_tensor_slices((xtr, encode(ytr))).shuffle(len(xtr), seed=seed, reshuffle_each_iteration=True).batch(bs)
+    val = tf.data.Dataset.from_tensor_slices((xva, encode(yva))).batch(bs)
+    return {"train": train.prefetch(2), "val": val.prefetch(2)}
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}; use --recipe R [--set k=v ...] [--workdir DIR]", file=sys.stderr)
+        sys.exit(2)
+    if not FLAGS.recipe:
+        print("error: --recipe is required, e.g. python -m keras_tl.train --recipe recipes/smoke.yaml", file=sys.stderr)
+        sys.exit(2)
+    tpu_flags = {k: v for k, v in (("name", FLAGS.tpu), ("zone", FLAGS.tpu_zone), ("project", FLAGS.tpu_project)) if v}
+    try:
+        recipe = recipe_lib.load(FLAGS.recipe, FLAGS.set)
+        run(recipe, FLAGS.workdir, tpu_flags=tpu_flags or None)
+    except UserError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
