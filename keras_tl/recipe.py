@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import typing
 from typing import Any, Dict, Literal, Optional, Tuple, Union
 
@@ -28,6 +29,37 @@ from keras_tl.errors import UserError
 
 class RecipeError(UserError):
     """A recipe or override is invalid; the message is one line meant for a person."""
+
+    def __init__(self, message: str = ""):
+        # Keys, values and file names come from the user and may hold newlines or
+        # terminal control characters; the CLIs promise exactly one printable line.
+        super().__init__(_printable(str(message)))
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class _FrozenDict(dict):
+    """A read-only, hashable dict: recipes are frozen, including their mapping-valued keys."""
+
+    def _readonly(self, *args, **kwargs):
+        raise TypeError("recipe values are read-only; use keras_tl.recipe.replace(recipe, overrides)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly
+    __ior__ = _readonly
+
+    def __hash__(self):
+        return hash(tuple(sorted(self.items(), key=lambda kv: repr(kv[0]))))
+
+    def __reduce__(self):
+        return (type(self), (dict(self),))
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
 
 
 def _field(default=dataclasses.MISSING, *, min=None, max=None, factory=None, doc=""):
@@ -140,7 +172,7 @@ class Phase:
     step_epochs: Tuple[int, ...] = ()  # for schedule: step
     step_factor: float = _field(0.1, min=0.0, max=1.0)
     label_smoothing: float = _field(0.0, min=0.0, max=0.99)
-    lr_multipliers: Dict[str, float] = _field(factory=dict)  # stage → multiplier
+    lr_multipliers: Dict[str, float] = _field(factory=_FrozenDict)  # stage → multiplier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +241,24 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 reads 1e-4 (no dot, or no exponent sign) as a string, so `lr: 1e-4` would
+# fail as "expected a number"; accept it as a float, as YAML 1.2 and JSON do.
+_EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+# Recipes hold no dates: `name: 2024-01-01` stays a string, and 2024-13-45 is no crash.
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+0123456789."))
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes every string the loader would read back as something else (e.g. "1e-4")."""
+
+
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+0123456789."))
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -217,9 +267,14 @@ def _parse_yaml(text: str, where: str) -> Any:
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (SafeLoader subclass)
     except yaml.YAMLError as e:
-        raise RecipeError(f"{where}: not valid recipe YAML: {_one_line(e)}") from None
+        reason = _one_line(e).replace(' in "<unicode string>",', ",")
+        raise RecipeError(f"{where}: not valid recipe YAML: {reason}") from None
     except (RecursionError, MemoryError):
         raise RecipeError(f"{where}: YAML nesting too deep or too large") from None
+    except (ValueError, OverflowError, TypeError) as e:
+        # Raised by scalar constructors, e.g. an integer with more than 4300 digits or `!!int abc`.
+        reason = "a number with too many digits" if "digits" in str(e) else _one_line(str(e))[:200]
+        raise RecipeError(f"{where}: not valid recipe YAML: cannot read a value: {reason}") from None
 
 
 def _read_file(path: str) -> str:
@@ -239,6 +294,10 @@ def _read_file(path: str) -> str:
         raise RecipeError(f"{import_path}: is a directory, expected a recipe .yaml file") from None
     except OSError as e:
         raise RecipeError(f"{import_path}: cannot read recipe: {e.strerror or e}") from None
+    except ValueError as e:  # e.g. a NUL byte in the path
+        raise RecipeError(f"{import_path!r}: not a usable recipe path: {e}") from None
+    except Exception as e:  # tf.io.gfile errors (gs://) are not OSErrors
+        raise RecipeError(f"{import_path}: cannot read recipe: {_one_line(str(e))[:200]}") from None
     if len(data) > MAX_RECIPE_BYTES:
         raise RecipeError(f"{path}: recipe is larger than {MAX_RECIPE_BYTES} bytes; is this the right file?")
     if b"\x00" in data:
@@ -261,12 +320,16 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 def load_raw(path: str, _stack: Tuple[str, ...] = ()) -> dict:
     """The recipe file as a dict with every ``extends`` layer merged in (base first)."""
-    key = os.path.realpath(path) if not path.startswith("gs://") else path
+    path = _as_path(path)
+    try:
+        key = os.path.realpath(path) if not path.startswith("gs://") else path
+    except ValueError as e:  # a NUL byte in the path
+        raise RecipeError(f"{path!r}: not a usable recipe path: {e}") from None
     if key in _stack:
         chain = " -> ".join(os.path.basename(p) for p in _stack + (key,))
         raise RecipeError(f"{path}: extends cycle: {chain}; remove one of the extends keys")
     if len(_stack) >= MAX_EXTENDS_DEPTH:
-        raise RecipeError(f"{path}: extends chain deeper than {MAX_EXTENDS_DEPTH}")
+        raise RecipeError(f"{path}: extends chain deeper than {MAX_EXTENDS_DEPTH} files; flatten some of them")
     raw = _parse_yaml(_read_file(path), path)
     if raw is None:
         raise RecipeError(f"{path}: recipe is empty; see recipes/smoke.yaml for a minimal one")
@@ -283,8 +346,20 @@ def load_raw(path: str, _stack: Tuple[str, ...] = ()) -> dict:
         base_path = path.rsplit("/", 1)[0] + "/" + base_ref
     else:
         base_path = os.path.join(os.path.dirname(os.path.abspath(path)), base_ref)
+    if not base_path.startswith("gs://") and not os.path.lexists(base_path):
+        raise RecipeError(f"{path}: extends: {base_ref}: recipe file not found (looked for {base_path})")
     base = load_raw(base_path, _stack + (key,))
     return _deep_merge(base, raw)
+
+
+def _as_path(path) -> str:
+    try:
+        text = os.fspath(path)
+    except TypeError:
+        text = None
+    if not isinstance(text, str) or not text:
+        raise RecipeError(f"recipe path: expected a path to a .yaml file, got {_short(path)}")
+    return text
 
 
 # ------------------------------------------------------------- strict building
@@ -362,6 +437,11 @@ class _Builder:
             self.fail(path, f"expected {_type_name(tp)}, got {_short(value)}")
         if origin is Literal:
             choices = typing.get_args(tp)
+            # YAML 1.1 reads a bare off/on as a boolean: `feature_cache: off` means "off".
+            if value is False and "off" in choices:
+                return "off"
+            if value is True and "on" in choices:
+                return "on"
             if isinstance(value, bool) or value not in choices:
                 close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
@@ -380,7 +460,7 @@ class _Builder:
             ktp, vtp = typing.get_args(tp)
             if not isinstance(value, dict):
                 self.fail(path, f"expected a mapping, got {_short(value)}")
-            return {self.convert(ktp, k, f"{path}", {}): self.convert(vtp, v, f"{path}.{k}", meta) for k, v in value.items()}
+            return _FrozenDict((self.convert(ktp, k, path, {}), self.convert(vtp, v, f"{path}.{k}", meta)) for k, v in value.items())
         if tp is bool:
             if not isinstance(value, bool):
                 self.fail(path, f"expected true or false, got {_short(value)}")
@@ -422,7 +502,7 @@ def _freeze(value):
     if isinstance(value, list):
         return tuple(_freeze(v) for v in value)
     if isinstance(value, dict):
-        return {k: _freeze(v) for k, v in value.items()}
+        return _FrozenDict((k, _freeze(v)) for k, v in value.items())
     return value
 
 
@@ -455,70 +535,113 @@ def _schema_child(tp, part: str):
 
 
 def apply_overrides(raw: dict, overrides) -> dict:
-    """Apply ``a.b.c=value`` strings (values parsed as YAML) to a raw recipe dict."""
+    """Apply ``a.b.c=value`` strings (values parsed as YAML) to a raw recipe dict.
+
+    A mapping set on a section (``--set data={batch_size: 8}``) merges into it, as
+    ``extends`` does; any other value (lists, ``trainable``, ``lr_multipliers``)
+    replaces what was there. ``raw`` is not modified.
+    """
+    return _apply_overrides(raw, overrides, "")
+
+
+def _apply_overrides(raw: dict, overrides, where: str) -> dict:
+    prefix = f"{where}: " if where else ""
     raw = _deep_merge({}, raw)
+    if isinstance(overrides, str):
+        overrides = (overrides,)
     for item in overrides or ():
         if not isinstance(item, str) or "=" not in item:
-            raise RecipeError(f"--set {item!r}: expected key=value, e.g. --set model.weights=none")
+            raise RecipeError(f"{prefix}--set {_short(item)}: expected key=value, e.g. --set model.weights=none")
         key, text = item.split("=", 1)
         key = key.strip()
         parts = key.split(".")
         if not key or any(not p for p in parts):
-            raise RecipeError(f"--set {item}: empty key; expected a dotted path such as train.phases.1.lr")
-        value = _parse_yaml(text, f"--set {key}") if text.strip() else ""
-        tp: Any = Recipe
+            raise RecipeError(f"{prefix}--set {item}: empty key; expected a dotted path such as train.phases.1.lr")
+
+        def fail(msg):
+            raise RecipeError(f"{prefix}--set {key}: {msg}")
+
+        value = _parse_yaml(text, f"{prefix}--set {key}") if text.strip() else ""
+        types: list = [Recipe]  # types[i]: the schema type at parts[:i]
         for i, part in enumerate(parts):
+            tp = types[-1]
             try:
-                tp = _schema_child(tp, part)
+                types.append(_schema_child(tp, part))
             except (KeyError, IndexError, TypeError):
                 parent = ".".join(parts[:i])
-                candidates = []
-                try:
-                    if dataclasses.is_dataclass(_strip_optional(tp)):
-                        candidates = [f.name for f in dataclasses.fields(_strip_optional(tp))]
-                except TypeError:
-                    pass
+                where_ = f"{parent}.{part}" if parent else part
+                bare = _strip_optional(tp)
+                if typing.get_origin(bare) in (tuple, Tuple):
+                    fail(f"{where_}: expected a list index 0, 1, ... (or set the whole list: --set {parent}=[...])")
+                candidates = [f.name for f in dataclasses.fields(bare)] if dataclasses.is_dataclass(bare) else []
                 close = difflib.get_close_matches(part, candidates, n=1, cutoff=0.6)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                where = f"{parent}.{part}" if parent else part
-                raise RecipeError(f"--set {key}: unknown key {where}{hint}") from None
-        node = raw
-        for i, part in enumerate(parts[:-1]):
-            nxt = parts[i + 1]
+                hint = f" (did you mean {close[0]}?)" if close else (f" (valid keys: {', '.join(candidates)})" if candidates else "")
+                fail(f"unknown key {where_}{hint}")
+        node: Any = raw
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            here = ".".join(parts[: i + 1])
             if isinstance(node, list):
+                if not part.isdigit():
+                    fail(f"{'.'.join(parts[:i])} is a list: expected an index 0, 1, ..., got {part!r}")
                 idx = int(part)
                 if idx >= len(node):
-                    raise RecipeError(f"--set {key}: index {idx} out of range, the recipe has {len(node)} entries at {'.'.join(parts[:i])}")
-                if not isinstance(node[idx], (dict, list)):
-                    node[idx] = {}
-                node[idx] = _deep_merge({}, node[idx]) if isinstance(node[idx], dict) else list(node[idx])
-                node = node[idx]
+                    n = len(node)
+                    fail(f"index {idx} out of range: {'.'.join(parts[:i])} has {n} entr{'y' if n == 1 else 'ies'}; set the whole list instead")
+                slot = idx
             else:
-                child = node.get(part)
-                if child is None:
-                    if nxt.isdigit():
-                        # Indexing into a list the recipe leaves at its default (e.g. phases).
-                        default = _default_at(parts[: i + 1])
-                        child = [dataclasses.asdict(d) if dataclasses.is_dataclass(d) else d for d in default]
-                    else:
-                        child = {}
-                elif isinstance(child, dict):
-                    child = _deep_merge({}, child)
-                elif isinstance(child, list):
-                    child = list(child)
-                else:
-                    raise RecipeError(f"--set {key}: {'.'.join(parts[:i + 1])} is {_short(child)}, not a section")
-                node[part] = child
-                node = child
-        last = parts[-1]
-        if isinstance(node, list):
-            idx = int(last)
-            if idx >= len(node):
-                raise RecipeError(f"--set {key}: index {idx} out of range, the recipe has {len(node)} entries")
-            node[idx] = value
-        else:
-            node[last] = value
+                slot = part
+                if not last and slot not in node:
+                    node[slot] = _schema_default(types[i], part)
+            if last:
+                section = dataclasses.is_dataclass(_strip_optional(types[i + 1]))
+                old = node[slot] if isinstance(node, list) or slot in node else None
+                if section and isinstance(value, dict) and isinstance(old, dict):
+                    value = _deep_merge(old, value)
+                node[slot] = value
+                break
+            child = node[slot]
+            if child is None:
+                child = _schema_default(types[i], part)
+            if isinstance(child, dict):
+                child = _deep_merge({}, child)
+            elif isinstance(child, list):
+                child = list(child)
+            elif _is_flexible(types[i + 1]):
+                # A Union/Any value (e.g. trainable: head) may become a mapping or list.
+                child = [] if parts[i + 1].isdigit() else {}
+            else:
+                fail(f"{here} is {_short(child)}, not a section")
+            node[slot] = child
+            node = child
     return raw
+
+
+def _is_flexible(tp) -> bool:
+    return tp is Any or typing.get_origin(tp) in (Union, dict, Dict)
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(x) for x in value]
+    if isinstance(value, dict):
+        return {k: _plain(x) for k, x in value.items()}
+    return value
+
+
+def _schema_default(parent_tp, part: str):
+    """The default value, as plain YAML data, of field ``part`` of the section type ``parent_tp``."""
+    parent_tp = _strip_optional(parent_tp)
+    if dataclasses.is_dataclass(parent_tp):
+        for f in dataclasses.fields(parent_tp):
+            if f.name == part:
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                # Sections start empty (their defaults apply when built); lists such as
+                # train.phases are copied so that an index into them can be set.
+                return {} if dataclasses.is_dataclass(default) else _plain(default)
+    return None
 
 
 def _strip_optional(tp):
@@ -527,13 +650,6 @@ def _strip_optional(tp):
         if len(args) == 1:
             return args[0]
     return tp
-
-
-def _default_at(parts):
-    obj: Any = Recipe()
-    for p in parts:
-        obj = obj[int(p)] if isinstance(obj, tuple) else getattr(obj, p)
-    return obj
 
 
 # ------------------------------------------------------------------ public API
@@ -549,27 +665,20 @@ def from_dict(raw: dict, where: str = "<recipe>", validate_: bool = True) -> Rec
 
 def load(path: str, overrides=(), validate_: bool = True) -> Recipe:
     """Load ``path`` (following ``extends``), apply ``--set`` overrides, build and validate."""
+    path = _as_path(path)
     raw = load_raw(path)
-    raw = apply_overrides(raw, overrides)
+    raw = _apply_overrides(raw, overrides, path)
     return from_dict(raw, path, validate_)
 
 
 def to_dict(recipe: Recipe) -> dict:
-    def plain(v):
-        if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(recipe)
+    """The recipe as plain YAML data (dicts, lists, scalars)."""
+    return _plain(recipe)
 
 
 def dump(recipe: Recipe) -> str:
     """The resolved recipe as YAML; ``loads(dump(r)) == r``."""
-    return yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True)
+    return yaml.dump(to_dict(recipe), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
 def loads(text: str, where: str = "<string>") -> Recipe:
@@ -586,6 +695,13 @@ def replace(recipe: Recipe, overrides) -> Recipe:
 
 
 # ----------------------------------------------------------------- validation
+
+# keras.activations names (Keras 3), kept here so that validate() needs no TensorFlow.
+KERAS_ACTIVATIONS = frozenset(
+    "celu elu exponential gelu glu hard_shrink hard_sigmoid hard_silu hard_swish hard_tanh leaky_relu "
+    "linear log_sigmoid log_softmax mish relu relu6 selu sigmoid silu soft_shrink softmax softplus "
+    "softsign sparse_plus sparse_sigmoid sparsemax squareplus swish tanh tanh_shrink".split()
+)
 
 
 def stage_list(recipe: Recipe) -> Tuple[str, ...]:
@@ -644,7 +760,7 @@ def validate(recipe: Recipe, where: str = "<recipe>") -> None:
         raise RecipeError(f"{where}: {key}: {msg}")
 
     d, m, t = recipe.data, recipe.model, recipe.train
-    if not recipe.name or any(c in recipe.name for c in "/\\\x00") or recipe.name in (".", ".."):
+    if not recipe.name or any(c in recipe.name for c in "/\\") or not recipe.name.isprintable() or recipe.name in (".", ".."):
         fail("name", f"must be a non-empty name without path separators, got {_short(recipe.name)}")
     if d.source == "directory" and not d.path:
         fail("data.path", "data.source is directory: set data.path to a folder with one subfolder per class")
@@ -680,20 +796,38 @@ def validate(recipe: Recipe, where: str = "<recipe>") -> None:
             fail(f"model.reinit.{i}", f"stage {s} is removed by model.cut_after: {m.cut_after}")
     if m.weights == "":
         fail("model.weights", "expected imagenet, none or a weights file path")
+    if m.weights not in ("imagenet", "none") and not any(c in m.weights for c in "./\\"):
+        # Not a path: a misspelt keyword would otherwise be looked up as a file name.
+        close = difflib.get_close_matches(m.weights.lower(), ["imagenet", "none"], n=1, cutoff=0.6)
+        if close or m.weights.lower() in ("null", "random", "scratch"):
+            fail("model.weights", f"got {_short(m.weights)}: use {close[0] if close else 'none'} (or a path to a weights file)")
+    for i, block in enumerate(m.head):
+        if block.activation not in KERAS_ACTIVATIONS:
+            close = difflib.get_close_matches(block.activation, sorted(KERAS_ACTIVATIONS), n=1)
+            fail(f"model.head.{i}.activation", f"unknown activation {_short(block.activation)}{f' (did you mean {close[0]}?)' if close else ''}; valid: {', '.join(sorted(KERAS_ACTIVATIONS))}")
     if m.reinit and m.weights == "none":
         fail("model.reinit", "re-initialising stages of a randomly initialised model changes nothing; use model.weights: imagenet or a file")
     if not t.phases:
         fail("train.phases", "at least one phase is needed")
     for i, ph in enumerate(t.phases):
         check_trainable(ph.trainable, stages, f"{where}: train.phases.{i}.trainable")
-        for s in ph.lr_multipliers:
+        for s, mult in ph.lr_multipliers.items():
             if s not in stages + ("head",):
                 fail(f"train.phases.{i}.lr_multipliers", f"unknown stage {s!r}; valid: {', '.join(stages + ('head',))}")
+            if mult < 0:
+                fail(f"train.phases.{i}.lr_multipliers.{s}", f"must be >= 0, got {mult}")
         if ph.schedule == "step" and not ph.step_epochs:
             fail(f"train.phases.{i}.step_epochs", "schedule: step needs step_epochs, e.g. [10, 20]")
+        prev = 0
+        for j, e in enumerate(ph.step_epochs):
+            if not prev < e <= ph.epochs:
+                fail(f"train.phases.{i}.step_epochs.{j}", f"expected increasing epochs between 1 and the phase's {ph.epochs} epochs, got {list(ph.step_epochs)}")
+            prev = e
         if ph.warmup_epochs > ph.epochs:
             fail(f"train.phases.{i}.warmup_epochs", f"{ph.warmup_epochs} is longer than the phase ({ph.epochs} epochs)")
     if t.distribute == "tpu" and t.precision == "mixed_float16":
         fail("train.precision", "TPUs compute in bfloat16: use mixed_bfloat16 or auto")
     if not t.monitor or not t.monitor.replace("_", "").isalnum():
         fail("train.monitor", f"expected a metric name such as val_accuracy or val_loss, got {_short(t.monitor)}")
+    if t.monitor.startswith("val_") and d.val_fraction == 0 and not (d.source == "tfds" and d.val_split):
+        fail("data.val_fraction", f"0 leaves no validation split, but train.monitor is {t.monitor}; set data.val_fraction > 0 or train.monitor: loss")
