@@ -1,0 +1,94 @@
+"""Run a controlled study and write its report.
+
+    python -m keras_tl.study --recipe recipes/telescope_study.yaml [--workdir DIR] [--shard i/N]
+                             [--resume] [--set k=v ...] [--dry_run] [--report_only]
+
+Prints the plan and its estimated cost first; ``--dry_run`` stops there. ``--set study.seeds=2``
+overrides the study section, any other ``--set`` the base training recipe. Several machines
+sharing a workdir: give each ``--shard i/N`` (0-based), or run them all with ``--resume`` and
+let the claim files hand out the runs. The report (report.html, report.md, study.json) is
+written to the workdir after this worker's runs, marked PARTIAL while runs are missing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+from keras_tl.errors import UserError, WeightsError
+
+try:
+    # keras_tl.train defines --recipe, --set and --workdir with the same meaning; absl allows a
+    # flag name only once per process, so this CLI shares them rather than redefining them.
+    from keras_tl import train as _train  # noqa: F401  (light: TensorFlow is imported lazily)
+except ImportError:  # pragma: no cover - keras_tl.train missing in a partial checkout
+    _train = None
+
+FLAGS = flags.FLAGS
+
+
+def _define(kind: str, name: str, default, help_text: str) -> None:
+    if name not in FLAGS:
+        getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+
+
+_define("string", "recipe", None, "Path to a study recipe YAML (a training recipe plus a study: section).")
+_define("multi_string", "set", [], "Override a key: --set study.seeds=2 or --set data.batch_size=16 (repeatable).")
+_define("string", "workdir", None, "Study directory (default runs/studies/<recipe name>).")
+_define("string", "shard", None, "Run shard i of N (0-based), e.g. --shard 0/4; the shards partition the plan.")
+_define("bool", "resume", False, "Continue a study in an existing workdir: skip finished runs, take over stale claims.")
+_define("bool", "dry_run", False, "Print the plan and its cost, then stop.")
+_define("bool", "report_only", False, "Only (re)build the report from the finished runs in --workdir.")
+_define("bool", "keep_going", False, "Log a failing run and continue with the next one (default: stop).")
+_define("float", "seconds_per_image", None, "CPU seconds per training image for the cost estimate.")
+_define("bool", "measure_cost", False, "Measure seconds per image with a few training steps of the base model.")
+
+
+def main(argv) -> int:
+    del argv
+    from keras_tl.study import plan as plan_lib
+    from keras_tl.study import report, runner
+
+    if not FLAGS.recipe:
+        raise UserError("--recipe is required, e.g. --recipe recipes/study_smoke.yaml")
+    plan = plan_lib.load_plan(FLAGS.recipe, FLAGS.set)
+    spi, source = FLAGS.seconds_per_image, "--seconds_per_image"
+    if spi is not None and spi <= 0:
+        raise UserError(f"--seconds_per_image {spi}: must be > 0")
+    if FLAGS.measure_cost:
+        spi, source = plan_lib.measure_seconds_per_image(plan.base), "measured now, every layer training"
+    print(plan_lib.format_plan(plan, plan_lib.estimate_cost(plan, spi, source)), flush=True)
+    problems = [] if FLAGS.report_only else plan_lib.missing_weights(plan)
+    if FLAGS.dry_run:
+        for p in problems:
+            print(f"  MISSING WEIGHTS: {p}", flush=True)
+        return 0
+    if problems:
+        # Checked before the first run: an hour in, a missing file would waste the runs before it.
+        raise WeightsError(f"{problems[0]}" + (f" (and {len(problems) - 1} more weights sources)" if len(problems) > 1 else ""))
+    workdir = FLAGS.workdir or os.path.join("runs", "studies", plan.name)
+    if not FLAGS.report_only:
+        res = runner.run_plan(plan, workdir, shard=runner.parse_shard(FLAGS.shard), resume=FLAGS.resume,
+                              keep_going=FLAGS.keep_going)
+        print(f"study: ran {len(res.ran)}, already done {len(res.skipped_done)}, claimed by other workers "
+              f"{len(res.skipped_claimed)}, failed {len(res.failed)}", flush=True)
+    elif not runner.exists(os.path.join(workdir, "plan.json")):
+        raise UserError(f"--report_only: {workdir} holds no study (no plan.json); run the study first or fix --workdir")
+    st = runner.status(plan, workdir)
+    paths = report.build_report(plan, workdir)
+    print(f"study: {st['done']}/{st['runs']} runs finished; report: {paths['html']}", flush=True)
+    return 0
+
+
+def _entry(argv):
+    try:
+        return main(argv)
+    except UserError as e:
+        print(f"keras_tl.study: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(_entry)

@@ -1,0 +1,614 @@
+"""Study report: study.json (every number), report.md and a self-contained report.html.
+
+:func:`analyze` turns the finished runs of a plan into the ``study.json`` dict;
+:func:`write_report` renders it. Every figure printed in the report is formatted from
+that dict, so the report and study.json cannot disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import json
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from keras_tl.errors import UserError
+from keras_tl.study import stats
+from keras_tl.study.plan import Plan, _canon, value_label
+
+PLOTS = ("data_size", "freeze_depth", "training_curves", "forest")
+PLOT_TITLES = {
+    "data_size": "Metric vs data size",
+    "freeze_depth": "Metric vs freeze depth",
+    "training_curves": "Training curves (mean and 95% band over seeds)",
+    "forest": "Paired differences against the baseline (95% CI)",
+}
+
+
+# ------------------------------------------------------------------ analysis
+
+
+def _scale(metric: str) -> Tuple[float, str]:
+    """Display scale: proportions such as accuracy are shown in percentage points."""
+    if any(w in metric for w in ("accuracy", "auc", "top", "precision", "recall", "f1")):
+        return 100.0, " points"
+    return 1.0, ""
+
+
+def _value(metrics: dict, metric: str, split: str, key: str) -> Optional[float]:
+    block = metrics.get(split)
+    if not isinstance(block, dict):
+        return None
+    if metric not in block:
+        raise UserError(f"study.metric: {metric!r} is not in run {key}'s {split} metrics (has: {', '.join(sorted(block))}); set study.metric to one of them")
+    v = block[metric]
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def _context_text(values: dict, axes: Sequence[str]) -> str:
+    parts = []
+    for a in axes:
+        v = values[a]
+        if a == "data_fraction":
+            parts.append(f"{v * 100:g}% data")
+        elif a == "freeze":
+            parts.append(f"freeze {v}")
+        else:
+            parts.append(value_label(a, v))
+    return ", ".join(parts)
+
+
+def _mean_sd_sum(xs: List[float]) -> Dict[str, Optional[float]]:
+    if not xs:
+        return {"mean": None, "total": None}
+    return {"mean": float(np.mean(xs)), "total": float(np.sum(xs))}
+
+
+def analyze(plan: Plan, results: Dict[str, dict], *, seed: int = 0, n_boot: int = stats.N_BOOT,
+            probe: Optional[dict] = None) -> Dict[str, Any]:
+    """The study.json dict from finished runs (``results``: run key → train metrics dict)."""
+    s = plan.study
+    metric, hib = s.metric, s.higher_is_better
+    splits = {("test" if isinstance(m.get("test"), dict) else "val") for m in results.values()}
+    split = "test" if splits == {"test"} else ("val" if splits == {"val"} else "mixed")
+    by_arm: Dict[str, Dict[Optional[int], Dict[int, dict]]] = {}
+    for run in plan.runs:
+        m = results.get(run.key)
+        if m is not None:
+            by_arm.setdefault(run.arm_id, {}).setdefault(run.lr_index, {})[run.seed] = m
+
+    arms_out, per_seed = [], {}
+    for arm in plan.arms:
+        grid = by_arm.get(arm.id, {})
+        picked, lr_table = None, []
+        if s.lr_grid:
+            best = None
+            for j, lr in enumerate(s.lr_grid):
+                vals = [_value(m, metric, "val", f"{arm.id}/lr{j}/seed{k}") for k, m in grid.get(j, {}).items()]
+                vals = [v for v in vals if v is not None]
+                mean = float(np.mean(vals)) if vals else None
+                lr_table.append({"lr": lr, "val_mean": mean, "n": len(vals)})
+                if mean is not None and (best is None or (mean > best[1] if hib else mean < best[1])):
+                    best = (j, mean)
+            picked = best[0] if best else None
+        runs = grid.get(picked, {}) if s.lr_grid else grid.get(None, {})
+        seeds = sorted(runs)
+        values = {}
+        for k in seeds:
+            m = runs[k]
+            sp = "test" if isinstance(m.get("test"), dict) else "val"
+            v = _value(m, metric, sp, f"{arm.id}/seed{k}")
+            if v is not None:
+                values[k] = v
+        per_seed[arm.id] = values
+        summary = stats.t_interval([values[k] for k in sorted(values)])
+        arms_out.append({
+            "id": arm.id, "label": arm.label, "values": arm.values,
+            "seeds": sorted(values), "per_seed": [values[k] for k in sorted(values)],
+            "mean": summary["mean"], "sd": summary["sd"], "lo": summary["lo"], "hi": summary["hi"],
+            "lr_picked": s.lr_grid[picked] if picked is not None else None, "lr_selection": lr_table,
+            "images_seen": _mean_sd_sum([float(runs[k].get("images_seen", 0)) for k in seeds]),
+            "wall_time": _mean_sd_sum([float(runs[k].get("wall_time", 0.0)) for k in seeds]),
+            "history": _history_bands(runs, metric),
+        })
+
+    base_axes = list(s.baseline)
+    ctx_axes = [a for a in plan.varied if a not in base_axes]
+    comparisons = []
+    for arm in plan.arms:
+        ref = plan.reference_of(arm)
+        if ref is None:
+            continue
+        common = sorted(set(per_seed[arm.id]) & set(per_seed[ref.id]))
+        entry = {"arm_id": arm.id, "reference_id": ref.id,
+                 "a": _context_text(arm.values, base_axes), "b": _context_text(ref.values, base_axes),
+                 "context": _context_text(arm.values, ctx_axes), "values": arm.values, "seeds": common}
+        if len(common) >= 1:
+            entry.update(stats.compare([per_seed[arm.id][k] for k in common], [per_seed[ref.id][k] for k in common],
+                                       higher_is_better=hib, seed=seed, n_boot=n_boot))
+        else:
+            entry.update({"n": 0, "mean": None, "ci_lo": None, "ci_hi": None, "p_t": None, "seeds_needed": None})
+        comparisons.append(entry)
+    stats.finalise(comparisons, hib)
+    for c in comparisons:
+        if c.get("n", 0) == 0:
+            c["verdict"] = "not run yet"
+
+    study = {
+        "name": plan.name, "source": plan.source, "fingerprint": plan.fingerprint(),
+        "generated": datetime.datetime.now().isoformat(timespec="seconds"),
+        "metric": metric, "split": split, "higher_is_better": hib,
+        "scale": _scale(metric)[0], "unit": _scale(metric)[1].strip(),
+        "runs_total": len(plan.runs), "runs_done": sum(1 for r in plan.runs if r.key in results),
+        "seeds": s.seeds, "varied": list(plan.varied), "baseline": s.baseline,
+        "lr_grid": list(s.lr_grid),
+        "methods": {
+            "arm_ci": "95% t-interval over seeds",
+            "difference_ci": f"paired by seed; 95% bootstrap CI (expanded percentile, {n_boot} resamples, seed {seed}) "
+                             f"with >= {stats.MIN_SEEDS_BOOTSTRAP} seeds, paired t-interval below that",
+            "p_values": "two-sided paired t-test, Holm-corrected across all comparisons (sign-flip permutation p also listed)",
+            "p_better": "share of seeds where the arm beats its baseline (ties count half), Wilson 95% interval",
+            "verdict": "better/worse when the CI excludes 0 and the Holm-adjusted p < 0.05; else no evidence at this budget",
+            "seeds_needed": "smallest n whose t-interval half-width at the observed paired sd is below the observed |mean difference|",
+        },
+        "arms": arms_out,
+        "comparisons": comparisons,
+        "curves": _curves(plan, arms_out),
+        "crossovers": _crossovers(plan, per_seed, seed),
+        "freeze": _freeze_table(plan, arms_out),
+        "probe": probe,
+    }
+    study["verdict"] = verdict_paragraph(study)
+    return study
+
+
+def _history_bands(runs: Dict[int, dict], metric: str) -> Dict[str, List[Dict[str, Optional[float]]]]:
+    out = {}
+    for key in (metric, f"val_{metric}"):
+        series = [m.get("history", {}).get(key) for m in runs.values()]
+        series = [x for x in series if isinstance(x, list) and x]
+        if not series:
+            continue
+        length = min(len(x) for x in series)
+        out[key] = [stats.t_interval([x[e] for x in series]) for e in range(length)]
+    return out
+
+
+def _group_key(values: dict, drop: str) -> str:
+    return _canon({k: v for k, v in values.items() if k != drop})
+
+
+def _curves(plan: Plan, arms_out: List[dict]) -> List[dict]:
+    """Learning curves: metric vs data fraction for each combination of the other axes."""
+    if "data_fraction" not in plan.varied:
+        return []
+    groups: Dict[str, List[dict]] = {}
+    for a in arms_out:
+        groups.setdefault(_group_key(a["values"], "data_fraction"), []).append(a)
+    others = [x for x in plan.varied if x != "data_fraction"]
+    out = []
+    for members in groups.values():
+        members = sorted(members, key=lambda a: a["values"]["data_fraction"])
+        base = members[0]
+        out.append({
+            "label": _context_text(base["values"], others) or plan.name,
+            "points": [{"fraction": a["values"]["data_fraction"], "images": _train_images(plan, a["id"]),
+                        "mean": a["mean"], "lo": a["lo"], "hi": a["hi"], "n": len(a["seeds"])} for a in members],
+        })
+    return out
+
+
+def _train_images(plan: Plan, arm_id: str) -> Optional[int]:
+    from keras_tl.study.plan import train_images_per_epoch
+
+    return train_images_per_epoch(plan.arm(arm_id).recipe, plan.study)
+
+
+def _crossovers(plan: Plan, per_seed: Dict[str, Dict[int, float]], seed: int) -> List[dict]:
+    """For each baseline pairing along the data-size axis: where the difference reaches 0."""
+    if "data_fraction" not in plan.varied or "data_fraction" in plan.study.baseline:
+        return []
+    pairs: Dict[Tuple[str, str], List[Tuple[float, str, str]]] = {}
+    for arm in plan.arms:
+        ref = plan.reference_of(arm)
+        if ref is None:
+            continue
+        key = (_group_key(arm.values, "data_fraction"), _group_key(ref.values, "data_fraction"))
+        pairs.setdefault(key, []).append((arm.values["data_fraction"], arm.id, ref.id))
+    base_axes = list(plan.study.baseline)
+    others = [x for x in plan.varied if x not in base_axes and x != "data_fraction"]
+    out = []
+    for (ka, kb), pts in pairs.items():
+        pts.sort()
+        if len(pts) < 2:
+            continue
+        seeds = sorted(set.intersection(*(set(per_seed[a]) & set(per_seed[b]) for _, a, b in pts)))
+        arm0 = plan.arm(pts[0][1])
+        entry = {"a": _context_text(arm0.values, base_axes), "b": _context_text(plan.arm(pts[0][2]).values, base_axes),
+                 "context": _context_text(arm0.values, others), "fractions": [f for f, _, _ in pts], "n_seeds": len(seeds)}
+        if len(seeds) >= 2:
+            diffs = np.array([[per_seed[a][k] - per_seed[b][k] for _, a, b in pts] for k in seeds])
+            res = stats.crossover([f for f, _, _ in pts], diffs, seed=seed)
+            entry.update({"fraction": res["size"], "fraction_lo": res["lo"], "fraction_hi": res["hi"],
+                          "share_of_resamples_crossing": res["share_of_resamples_crossing"],
+                          "mean_diffs": [float(x) for x in diffs.mean(axis=0)]})
+            n_full = _train_images(plan, pts[-1][1])
+            full = n_full / pts[-1][0] if n_full else None
+            entry["images"] = round(res["size"] * full) if (full and res["size"]) else None
+        out.append(entry)
+    return out
+
+
+def _freeze_table(plan: Plan, arms_out: List[dict]) -> List[dict]:
+    if "freeze" not in plan.varied:
+        return []
+    order = {_canon(v): i for i, v in enumerate(plan.study.axes["freeze"])}
+    others = [x for x in plan.varied if x != "freeze"]
+    groups: Dict[str, List[dict]] = {}
+    for a in arms_out:
+        groups.setdefault(_group_key(a["values"], "freeze"), []).append(a)
+    out = []
+    for members in groups.values():
+        members = sorted(members, key=lambda a: order[_canon(a["values"]["freeze"])])
+        out.append({"label": _context_text(members[0]["values"], others) or plan.name,
+                    "points": [{"freeze": a["values"]["freeze"], "mean": a["mean"], "lo": a["lo"], "hi": a["hi"]} for a in members]})
+    return out
+
+
+# ------------------------------------------------------------------ words
+
+
+def fmt_diff(study: dict, x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{x * study['scale']:+.1f}"
+
+
+def fmt_val(study: dict, x: Optional[float]) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x * study['scale']:.1f}" if study["scale"] != 1 else f"{x:.4g}"
+
+
+def comparison_clause(study: dict, c: dict) -> str:
+    """One sentence about one comparison; its numbers are exactly study.json's, formatted."""
+    unit = f" {study['unit']}" if study["unit"] else ""
+    where = f" at {c['context']}" if c["context"] else ""
+    if c.get("n", 0) == 0:
+        return f"{c['a']} vs {c['b']}{where}: no paired runs finished yet."
+    ci = f"95% CI {fmt_diff(study, c['ci_lo'])} to {fmt_diff(study, c['ci_hi'])}"
+    pb = f"P(better)={c['p_better']:.2f}" if c.get("p_better") is not None else ""
+    tail = f"({ci}, {pb}, {c['n']} seeds)"
+    if c["verdict"] == stats.BETTER:
+        return f"{c['a']} beats {c['b']}{where} by {fmt_diff(study, c['mean'])}{unit} {tail}."
+    if c["verdict"] == stats.WORSE:
+        return f"{c['a']} trails {c['b']}{where}: {fmt_diff(study, c['mean'])}{unit} {tail}."
+    need = c.get("seeds_needed")
+    if need is None:
+        resolve = "the observed difference is too small to resolve with a feasible number of seeds"
+    elif need <= c["n"]:
+        resolve = "the observed sd says these seeds should suffice, so the bootstrap CI or the Holm correction across comparisons holds it back; a few more seeds would settle it"
+    else:
+        resolve = f"~{need} seeds would resolve it"
+    return (f"{c['a']} vs {c['b']}{where}: no evidence of a difference at this budget "
+            f"({fmt_diff(study, c['mean'])}{unit}, {ci}, {c['n']} seeds); {resolve}.")
+
+
+def verdict_paragraph(study: dict) -> str:
+    comps = [c for c in study["comparisons"] if c.get("n", 0) > 0]
+    metric = f"{study['split']} {study['metric']}"
+    prefix = ""
+    if study["runs_done"] < study["runs_total"]:
+        prefix = f"PARTIAL RESULTS ({study['runs_done']} of {study['runs_total']} runs finished). "
+    if not comps:
+        return prefix + "No comparison against the baseline is possible yet: no arm has paired finished runs with its baseline."
+    if len(comps) <= 4:
+        return prefix + f"On {metric}: " + " ".join(comparison_clause(study, c) for c in comps)
+    counts = {v: sum(1 for c in comps if c["verdict"] == v) for v in (stats.BETTER, stats.WORSE, stats.NO_EVIDENCE)}
+    text = (f"On {metric}, of {len(comps)} comparisons against the baseline, {counts[stats.BETTER]} show a better arm, "
+            f"{counts[stats.WORSE]} a worse arm and {counts[stats.NO_EVIDENCE]} no evidence of a difference at this budget.")
+    sign = 1 if study["higher_is_better"] else -1
+    picks = []
+    better = [c for c in comps if c["verdict"] == stats.BETTER]
+    worse = [c for c in comps if c["verdict"] == stats.WORSE]
+    none_ = [c for c in comps if c["verdict"] == stats.NO_EVIDENCE]
+    if better:
+        picks.append(max(better, key=lambda c: sign * c["mean"]))
+    if worse:
+        picks.append(min(worse, key=lambda c: sign * c["mean"]))
+    if none_:
+        picks.append(min(none_, key=lambda c: c["seeds_needed"] if c.get("seeds_needed") else math.inf))
+    labels = ["Largest gain: ", "Largest loss: ", "Closest to resolving: "]
+    kinds = [bool(better), bool(worse), bool(none_)]
+    for c, label in zip(picks, [lab for lab, k in zip(labels, kinds) if k]):
+        text += f" {label}{comparison_clause(study, c)}"
+    return prefix + text
+
+
+# ------------------------------------------------------------------ plots
+
+
+def _fig_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _band(ax, x, pts, label):
+    mean = np.array([p["mean"] if p["mean"] is not None else np.nan for p in pts], float)
+    lo = np.array([p["lo"] if p["lo"] is not None else np.nan for p in pts], float)
+    hi = np.array([p["hi"] if p["hi"] is not None else np.nan for p in pts], float)
+    (line,) = ax.plot(x, mean, marker="o", label=label)
+    ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
+
+
+def make_plots(study: dict) -> Dict[str, bytes]:
+    """PNG bytes for every plot this study supports (absent axes → no plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sc = study["scale"]
+    ylabel = f"{study['split']} {study['metric']}" + (" (%)" if sc == 100 else "")
+    out = {}
+    if study["curves"]:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for cv in study["curves"]:
+            xs = [p["images"] or p["fraction"] for p in cv["points"]]
+            _band(ax, xs, [{k: (p[k] * sc if p[k] is not None else None) for k in ("mean", "lo", "hi")} for p in cv["points"]], cv["label"])
+        ax.set_xscale("log")
+        ax.set_xlabel("training images" if all(p["images"] for cv in study["curves"] for p in cv["points"]) else "data fraction")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title("Learning curves (band: 95% t-interval over seeds)")
+        out["data_size"] = _fig_png(fig)
+    if study["freeze"]:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for grp in study["freeze"]:
+            xs = list(range(len(grp["points"])))
+            _band(ax, xs, [{k: (p[k] * sc if p[k] is not None else None) for k in ("mean", "lo", "hi")} for p in grp["points"]], grp["label"])
+        names = [p["freeze"] for p in study["freeze"][0]["points"]]
+        ax.set_xticks(range(len(names)), names)
+        ax.set_xlabel("trainable in the last phase (shallow → deep)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        out["freeze_depth"] = _fig_png(fig)
+    with_hist = [a for a in study["arms"] if a["history"]]
+    if with_hist:
+        shown = with_hist[:48]
+        cols = min(4, len(shown))
+        rows = math.ceil(len(shown) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False, sharey=True)
+        for ax, a in zip(axes.flat, shown):
+            for key, band in a["history"].items():
+                x = np.arange(1, len(band) + 1)
+                _band(ax, x, [{k: (p[k] * sc if p[k] is not None else None) for k in ("mean", "lo", "hi")} for p in band], key)
+            ax.set_title(a["label"], fontsize=7)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(shown):]:
+            ax.axis("off")
+        axes.flat[0].legend(fontsize=6)
+        fig.supxlabel("epoch", fontsize=8)
+        out["training_curves"] = _fig_png(fig)
+    comps = [c for c in study["comparisons"] if c.get("mean") is not None]
+    if comps:
+        fig, ax = plt.subplots(figsize=(7, 0.45 * len(comps) + 1.2))
+        colors = {stats.BETTER: "tab:green", stats.WORSE: "tab:red"}
+        for i, c in enumerate(comps):
+            lo = c["ci_lo"] if c["ci_lo"] is not None else c["mean"]
+            hi = c["ci_hi"] if c["ci_hi"] is not None else c["mean"]
+            col = colors.get(c["verdict"], "tab:gray")
+            ax.plot([lo * sc, hi * sc], [i, i], color=col, lw=2)
+            ax.plot([c["mean"] * sc], [i], "o", color=col)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(comps)), [f"{c['a']} vs {c['b']}" + (f" @ {c['context']}" if c["context"] else "") for c in comps], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"difference in {ylabel} (arm − baseline)")
+        ax.grid(axis="x", alpha=0.3)
+        out["forest"] = _fig_png(fig)
+    return out
+
+
+# ------------------------------------------------------------------ rendering
+
+
+def _arm_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
+    head = ["arm", "seeds", f"{study['metric']} mean", "95% CI", "lr", "images seen / run", "wall time / run (s)"]
+    rows = []
+    for a in study["arms"]:
+        rows.append([a["label"], str(len(a["seeds"])), fmt_val(study, a["mean"]),
+                     f"{fmt_val(study, a['lo'])} – {fmt_val(study, a['hi'])}",
+                     f"{a['lr_picked']:g}" if a["lr_picked"] is not None else "recipe",
+                     f"{a['images_seen']['mean']:,.0f}" if a["images_seen"]["mean"] is not None else "n/a",
+                     f"{a['wall_time']['mean']:.1f}" if a["wall_time"]["mean"] is not None else "n/a"])
+    return head, rows
+
+
+def _comparison_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
+    head = ["arm", "baseline", "at", "seeds", "difference", "95% CI", "P(better) [95% CI]", "p (t)", "p (Holm)", "p (sign-flip)", "verdict", "seeds to resolve"]
+    rows = []
+    for c in study["comparisons"]:
+        def p(x):
+            return "n/a" if x is None else f"{x:.3g}"
+        pb = "n/a" if c.get("p_better") is None else f"{c['p_better']:.2f} [{c['p_better_lo']:.2f}, {c['p_better_hi']:.2f}]"
+        rows.append([c["a"], c["b"], c["context"] or "—", str(c.get("n", 0)), fmt_diff(study, c.get("mean")),
+                     f"{fmt_diff(study, c.get('ci_lo'))} to {fmt_diff(study, c.get('ci_hi'))}", pb, p(c.get("p_t")),
+                     p(c.get("p_holm")), p(c.get("p_sign_flip")), c["verdict"],
+                     str(c.get("seeds_needed")) if c.get("seeds_needed") else "—"])
+    return head, rows
+
+
+def _crossover_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
+    head = ["arms", "at", "catch-up data fraction", "95% CI", "training images", "resamples crossing"]
+    rows = []
+    for x in study["crossovers"]:
+        if x.get("fraction") is None:
+            frac, ci = "not within the sizes studied", "—"
+        else:
+            frac = f"{x['fraction']:.3g}"
+            ci = f"{x['fraction_lo']:.3g} – " + (f"{x['fraction_hi']:.3g}" if x.get("fraction_hi") else "beyond the largest size")
+        rows.append([f"{x['a']} vs {x['b']}", x["context"] or "—", frac, ci,
+                     f"{x['images']:,}" if x.get("images") else "—",
+                     f"{x.get('share_of_resamples_crossing', 0):.0%}"])
+    return head, rows
+
+
+def _flatten(obj, prefix="") -> List[Tuple[str, str]]:
+    if isinstance(obj, dict):
+        out = []
+        for k, v in obj.items():
+            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    if isinstance(obj, list) and obj and all(isinstance(x, (dict, list)) for x in obj):
+        out = []
+        for i, v in enumerate(obj):
+            out += _flatten(v, f"{prefix}.{i}")
+        return out
+    text = f"{obj:.4g}" if isinstance(obj, float) else json.dumps(obj) if not isinstance(obj, str) else obj
+    return [(prefix, text[:200])]
+
+
+def _sections(study: dict) -> List[Tuple[str, str, Any]]:
+    """(kind, title, payload) in report order; kinds: para, table, plot."""
+    secs: List[Tuple[str, str, Any]] = [("para", "", study["verdict"])]
+    split_note = "" if study["split"] == "test" else f" (runs without a test split report {study['split']} metrics)"
+    secs.append(("para", "", f"Study {study['name']} ({study['source']}), {study['runs_done']} of {study['runs_total']} runs finished, "
+                             f"{study['seeds']} seeds per arm, varied: {', '.join(study['varied']) or 'nothing'}; baseline: "
+                             + ", ".join(f"{k}={value_label(k, v)}" for k, v in study["baseline"].items())
+                             + f". Metric: {study['split']} {study['metric']}{split_note}"
+                             + ("; learning rate picked per arm on validation from " + ", ".join(f"{x:g}" for x in study["lr_grid"]) if study["lr_grid"] else "")
+                             + "."))
+    secs.append(("table", "Arms", _arm_rows(study)))
+    secs.append(("table", "Comparisons against the baseline", _comparison_rows(study)))
+    for key in PLOTS:
+        secs.append(("plot", PLOT_TITLES[key], key))
+    if study["crossovers"]:
+        secs.append(("table", "Where the baseline catches up (interpolated in log data size)", _crossover_rows(study)))
+    if study.get("probe") is not None:
+        secs.append(("table", "Probes and CKA (probe.json)", (["key", "value"], [list(r) for r in _flatten(study["probe"])[:300]])))
+    secs.append(("table", "Methods", (["what", "how"], [[k, v] for k, v in study["methods"].items()])))
+    return secs
+
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.5}
+h1{font-size:1.6em;border-bottom:2px solid #ddd;padding-bottom:.3em}h2{font-size:1.2em;margin-top:1.8em}
+p.verdict{font-size:1.08em;background:#f4f8ff;border-left:4px solid #4a7bd0;padding:.8em 1em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0;overflow-x:auto;display:block}
+th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}th{background:#f3f3f3}
+tr:nth-child(even) td{background:#fafafa}img{max-width:100%;border:1px solid #eee}
+.note{color:#777;font-style:italic}
+"""
+
+
+def render_html(study: dict, plots: Dict[str, bytes]) -> str:
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+             f"<title>Study report: {html.escape(study['name'])}</title><style>{CSS}</style></head><body>",
+             f"<h1>Study report: {html.escape(study['name'])}</h1>"]
+    first = True
+    for kind, title, payload in _sections(study):
+        if title:
+            parts.append(f"<h2>{html.escape(title)}</h2>")
+        if kind == "para":
+            attrs = " class='verdict' id='verdict'" if first else ""
+            parts.append(f"<p{attrs}>{html.escape(payload)}</p>")
+            first = False
+        elif kind == "table":
+            head, rows = payload
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
+            for r in rows:
+                parts.append("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in r) + "</tr>")
+            parts.append("</table>")
+        elif kind == "plot":
+            if payload in plots:
+                b64 = base64.b64encode(plots[payload]).decode()
+                parts.append(f"<img id='plot-{payload}' alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>")
+            else:
+                parts.append(f"<p class='note'>Not applicable: {_why_no_plot(payload)}.</p>")
+    parts.append(f"<p class='note'>Generated {study['generated']} · plan fingerprint {study['fingerprint']} · every number is in study.json.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _why_no_plot(key: str) -> str:
+    return {"data_size": "the study does not vary data_fraction", "freeze_depth": "the study does not vary freeze",
+            "training_curves": "no run recorded a per-epoch history", "forest": "no comparison has finished paired runs"}[key]
+
+
+def _md_cell(x) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def render_md(study: dict, plots: Dict[str, bytes]) -> str:
+    out = [f"# Study report: {study['name']}", ""]
+    for kind, title, payload in _sections(study):
+        if title:
+            out += [f"## {title}", ""]
+        if kind == "para":
+            out += [payload, ""]
+        elif kind == "table":
+            head, rows = payload
+            out.append("| " + " | ".join(_md_cell(h) for h in head) + " |")
+            out.append("|" + "---|" * len(head))
+            out += ["| " + " | ".join(_md_cell(x) for x in r) + " |" for r in rows]
+            out.append("")
+        elif kind == "plot":
+            out += [f"![{title}](plots/{payload}.png)" if payload in plots else f"_Not applicable: {_why_no_plot(payload)}._", ""]
+    out.append(f"_Generated {study['generated']} · plan fingerprint {study['fingerprint']} · every number is in study.json._")
+    return "\n".join(out) + "\n"
+
+
+def write_report(study: dict, out_dir: str) -> Dict[str, str]:
+    """Write study.json, report.md (+ plots/*.png) and report.html into ``out_dir``; returns their paths."""
+    from keras_tl.study.runner import makedirs, write_text
+
+    plots = make_plots(study)
+    makedirs(out_dir)
+    makedirs(os.path.join(out_dir, "plots"))
+    for key, png in plots.items():
+        path = os.path.join(out_dir, "plots", f"{key}.png")
+        if "://" in path:
+            import tensorflow as tf
+
+            with tf.io.gfile.GFile(path, "wb") as f:
+                f.write(png)
+        else:
+            with open(path, "wb") as f:
+                f.write(png)
+    paths = {"json": os.path.join(out_dir, "study.json"), "md": os.path.join(out_dir, "report.md"),
+             "html": os.path.join(out_dir, "report.html")}
+    write_text(paths["json"], json.dumps(study, indent=2) + "\n")
+    write_text(paths["md"], render_md(study, plots))
+    write_text(paths["html"], render_html(study, plots))
+    return paths
+
+
+def load_probe(workdir: str) -> Optional[dict]:
+    from keras_tl.study.runner import exists, read_text
+
+    path = os.path.join(workdir, "probe.json")
+    if not exists(path):
+        return None
+    try:
+        return json.loads(read_text(path))
+    except ValueError as e:
+        raise UserError(f"{path}: not valid JSON ({e}); regenerate it with keras_tl.probe or delete it") from None
+
+
+def build_report(plan: Plan, workdir: str, *, seed: int = 0) -> Dict[str, str]:
+    """Collect finished runs from ``workdir`` and write the report there."""
+    from keras_tl.study.runner import collect
+
+    study = analyze(plan, collect(plan, workdir), seed=seed, probe=load_probe(workdir))
+    return write_report(study, workdir)

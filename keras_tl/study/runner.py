@@ -1,0 +1,359 @@
+"""Run a study plan in a shared workdir: resumable, shardable, each run executed once.
+
+Layout of ``<workdir>``::
+
+    plan.json                      the plan (arms, runs, fingerprint); every machine must agree on it
+    runs/<arm_id>/seed<k>/         a normal keras_tl.train run dir (metrics.json, DONE, export/, ...)
+    runs/<arm_id>/lr<j>/seed<k>/   the same, with a study.lr_grid
+    claims/<arm_id>.seed<k>.claim  who runs it: {"host", "pid", "time", "nonce"}; created with O_EXCL
+
+A run is finished when its dir holds DONE and metrics.json. Before running, a worker
+claims the run by creating its claim file with ``O_CREAT | O_EXCL``: exactly one
+creator succeeds, so several workers (``--shard i/N`` or not) sharing a workdir never
+run the same seed twice. A claim whose pid is dead on this host (a killed worker) is
+stale; ``--resume`` takes it over by renaming it away first (rename is atomic, so only
+one worker wins). Claims from other hosts are never taken over automatically: delete
+the file if that machine is gone. A run that raises releases its claim, so ``--resume``
+retries it; keras_tl.train resumes the unfinished run dir from its last finished phase.
+
+gs:// workdirs are best effort: Cloud Storage has no O_EXCL through tf.io.gfile, so a
+claim there is check-then-write and two workers starting the same run within a second
+or so can both run it. Use disjoint ``--shard``s on GCS and it cannot happen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import time
+import traceback
+import uuid
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from keras_tl.errors import UserError, WorkdirError
+from keras_tl.study.plan import Plan, Run
+
+DONE = "DONE"
+METRICS = "metrics.json"
+
+
+# --------------------------------------------------------------- storage
+
+
+def _remote(path: str) -> bool:
+    return "://" in path
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def exists(path: str) -> bool:
+    return _gfile().exists(path) if _remote(path) else os.path.exists(path)
+
+
+def read_text(path: str) -> str:
+    if _remote(path):
+        with _gfile().GFile(path, "r") as f:
+            return f.read()
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def makedirs(path: str) -> None:
+    _gfile().makedirs(path) if _remote(path) else os.makedirs(path, exist_ok=True)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write atomically (temp file + rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    if _remote(path):
+        with _gfile().GFile(tmp, "w") as f:
+            f.write(text)
+        _gfile().rename(tmp, path, overwrite=True)
+        return
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def create_exclusive(path: str, text: str) -> bool:
+    """Create ``path`` holding ``text`` unless it exists. True if this call created it."""
+    if _remote(path):
+        if _gfile().exists(path):
+            return False
+        with _gfile().GFile(path, "w") as f:
+            f.write(text)
+        return True
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def _remove(path: str) -> None:
+    try:
+        _gfile().remove(path) if _remote(path) else os.remove(path)
+    except (FileNotFoundError, OSError):
+        pass
+
+
+# --------------------------------------------------------------- sharding
+
+
+def parse_shard(text: Optional[str]) -> Tuple[int, int]:
+    """``"i/N"`` (0-based i) → (i, N); None → (0, 1)."""
+    if text is None or text == "":
+        return 0, 1
+    try:
+        i, n = (int(p) for p in str(text).split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text}: expected i/N with whole numbers, e.g. --shard 0/4 (shards are numbered 0..N-1)") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {text}: need 0 <= i < N, e.g. --shard 0/{max(n, 2)} ... --shard {max(n, 2) - 1}/{max(n, 2)}")
+    return i, n
+
+
+def shard_runs(plan: Plan, index: int, count: int) -> List[Run]:
+    """The runs of shard ``index`` of ``count``: round-robin over the (seed-major) plan order."""
+    return [r for k, r in enumerate(plan.runs) if k % count == index]
+
+
+# --------------------------------------------------------------- paths and status
+
+
+def run_dir(workdir: str, run: Run) -> str:
+    return os.path.join(workdir, "runs", *run.key.split("/"))
+
+
+def claim_path(workdir: str, run: Run) -> str:
+    return os.path.join(workdir, "claims", run.key.replace("/", ".") + ".claim")
+
+
+def is_done(workdir: str, run: Run) -> bool:
+    d = run_dir(workdir, run)
+    return exists(os.path.join(d, DONE)) and exists(os.path.join(d, METRICS))
+
+
+def load_metrics(workdir: str, run: Run) -> Optional[dict]:
+    """The finished run's metrics dict, or None if the run is not finished."""
+    if not is_done(workdir, run):
+        return None
+    return json.loads(read_text(os.path.join(run_dir(workdir, run), METRICS)))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def _read_claim(path: str) -> Optional[dict]:
+    try:
+        return json.loads(read_text(path))
+    except (OSError, ValueError):
+        return None  # half-written by a worker killed between create and write: treat as stale
+
+
+def claim_is_stale(info: Optional[dict]) -> bool:
+    """A claim from a dead process on this host (or an unreadable claim)."""
+    if info is None:
+        return True
+    if info.get("host") != socket.gethostname():
+        return False
+    pid = info.get("pid")
+    if not isinstance(pid, int):
+        return True
+    # This process runs one study run at a time: a claim carrying our own pid that we are
+    # not running now was left by an earlier attempt in this process.
+    return pid == os.getpid() or not _pid_alive(pid)
+
+
+def _claim_text(shard: str) -> Tuple[str, str]:
+    nonce = uuid.uuid4().hex
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "shard": shard, "nonce": nonce}
+    return json.dumps(info) + "\n", nonce
+
+
+def try_claim(workdir: str, run: Run, *, resume: bool, shard: str = "0/1") -> Tuple[bool, str]:
+    """(True, nonce) if this worker now owns ``run``; (False, why) otherwise."""
+    path = claim_path(workdir, run)
+    text, nonce = _claim_text(shard)
+    if create_exclusive(path, text):
+        return True, nonce
+    info = _read_claim(path)
+    if not resume or not claim_is_stale(info):
+        who = f"{info.get('host')}:{info.get('pid')}" if info else "an unreadable claim"
+        return False, f"claimed by {who}"
+    if _remote(path):
+        _remove(path)
+        return (True, nonce) if create_exclusive(path, text) else (False, "claimed concurrently")
+    aside = f"{path}.stale-{nonce}"
+    try:
+        os.rename(path, aside)  # atomic: of several workers taking over, one wins
+    except FileNotFoundError:
+        return False, "claimed concurrently"
+    moved = _read_claim(aside)
+    if moved != info:
+        # Between our read and the rename someone else replaced the stale claim: put theirs back.
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+        _remove(aside)
+        return False, "claimed concurrently"
+    _remove(aside)
+    if create_exclusive(path, text):
+        return True, nonce
+    return False, "claimed concurrently"
+
+
+def release(workdir: str, run: Run, nonce: str) -> None:
+    """Remove our claim (after a failure) so a later --resume retries the run."""
+    path = claim_path(workdir, run)
+    info = _read_claim(path)
+    if info and info.get("nonce") == nonce:
+        _remove(path)
+
+
+# --------------------------------------------------------------- plan file
+
+
+def write_plan(workdir: str, plan: Plan) -> None:
+    """Write plan.json, or check that the one there is this plan (same fingerprint)."""
+    makedirs(workdir)
+    makedirs(os.path.join(workdir, "runs"))
+    makedirs(os.path.join(workdir, "claims"))
+    path = os.path.join(workdir, "plan.json")
+    data = {"fingerprint": plan.fingerprint(), **plan.to_json()}
+    text = json.dumps(data, indent=2) + "\n"
+    if create_exclusive(path, text):
+        return
+    try:
+        old = json.loads(read_text(path))
+    except (OSError, ValueError):
+        raise WorkdirError(f"{path}: unreadable plan file; delete it if no worker is running this study") from None
+    if old.get("fingerprint") != data["fingerprint"]:
+        raise WorkdirError(
+            f"{workdir}: holds a different study plan (fingerprint {old.get('fingerprint')} != {data['fingerprint']}); "
+            "use the same recipe and --set flags as the other workers, or choose another --workdir"
+        )
+
+
+# --------------------------------------------------------------- running
+
+
+@dataclasses.dataclass
+class RunnerResult:
+    ran: List[str] = dataclasses.field(default_factory=list)
+    skipped_done: List[str] = dataclasses.field(default_factory=list)
+    skipped_claimed: List[str] = dataclasses.field(default_factory=list)
+    failed: List[str] = dataclasses.field(default_factory=list)
+
+
+def _default_run_fn():
+    from keras_tl import train
+
+    return train.run
+
+
+def run_plan(
+    plan: Plan,
+    workdir: str,
+    *,
+    run_fn: Optional[Callable[..., dict]] = None,
+    shard: Tuple[int, int] = (0, 1),
+    resume: bool = False,
+    keep_going: bool = False,
+    log: Callable[[str], None] = print,
+) -> RunnerResult:
+    """Run this worker's share of ``plan`` in ``workdir``.
+
+    ``run_fn(recipe, run_dir) -> metrics dict`` defaults to :func:`keras_tl.train.run`.
+    Without ``resume``, a workdir where this shard's runs were already started is refused.
+    A failing run releases its claim and re-raises (``keep_going``: logs and continues).
+    """
+    run_fn = run_fn or _default_run_fn()
+    write_plan(workdir, plan)
+    index, count = shard
+    mine = shard_runs(plan, index, count)
+    shard_text = f"{index}/{count}"
+    if not resume:
+        started = [r.key for r in mine if exists(claim_path(workdir, r)) or exists(run_dir(workdir, r))]
+        if started:
+            raise WorkdirError(
+                f"{workdir}: {len(started)} runs of this study were already started here (e.g. {started[0]}); pass --resume to continue, "
+                "or choose another --workdir"
+            )
+    result = RunnerResult()
+    for n, run in enumerate(mine, 1):
+        if is_done(workdir, run):
+            result.skipped_done.append(run.key)
+            continue
+        ok, why = try_claim(workdir, run, resume=resume, shard=shard_text)
+        if not ok:
+            if is_done(workdir, run):
+                result.skipped_done.append(run.key)
+            else:
+                log(f"study: skip {run.key}: {why}")
+                result.skipped_claimed.append(run.key)
+            continue
+        nonce = why
+        if is_done(workdir, run):  # finished by another worker between our check and our claim
+            result.skipped_done.append(run.key)
+            continue
+        d = run_dir(workdir, run)
+        makedirs(os.path.dirname(d))
+        log(f"study: [{n}/{len(mine)}] {run.key}")
+        try:
+            metrics = run_fn(run.recipe, d)
+        except BaseException as e:
+            release(workdir, run, nonce)
+            result.failed.append(run.key)
+            if keep_going and isinstance(e, Exception):
+                log(f"study: {run.key} failed: {type(e).__name__}: {e}")
+                makedirs(d)
+                write_text(os.path.join(d, "study_error.txt"), traceback.format_exc())
+                continue
+            raise
+        # keras_tl.train.run writes both files itself; a custom run_fn may not.
+        makedirs(d)
+        if not exists(os.path.join(d, METRICS)):
+            write_text(os.path.join(d, METRICS), json.dumps(metrics, indent=2, default=float) + "\n")
+        if not exists(os.path.join(d, DONE)):
+            write_text(os.path.join(d, DONE), time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+        result.ran.append(run.key)
+    return result
+
+
+def collect(plan: Plan, workdir: str) -> Dict[str, dict]:
+    """run key → metrics dict, for every finished run of the plan."""
+    out = {}
+    for run in plan.runs:
+        m = load_metrics(workdir, run)
+        if m is not None:
+            out[run.key] = m
+    return out
+
+
+def status(plan: Plan, workdir: str) -> Dict[str, int]:
+    done = sum(1 for r in plan.runs if is_done(workdir, r))
+    claimed = sum(1 for r in plan.runs if not is_done(workdir, r) and exists(claim_path(workdir, r)))
+    return {"runs": len(plan.runs), "done": done, "running_or_stale": claimed, "not_started": len(plan.runs) - done - claimed}
