@@ -1,0 +1,211 @@
+"""Study plans: strict study section, expansion, pairing, arm ids, cost, CLI dry run."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from keras_tl import recipe as recipe_lib
+from keras_tl.errors import UserError
+from keras_tl.study import plan as plan_lib
+
+BASE = """
+name: base
+seed: 0
+data:
+  source: synthetic_galaxies
+  synthetic: {count: 200}
+  image_size: [32, 32]
+  batch_size: 8
+  val_fraction: 0.2
+  test_fraction: 0.2
+  split_seed: 7
+model:
+  backbone: resnet50
+  weights: none
+train:
+  phases:
+    - {name: warmup, trainable: head, epochs: 1, lr: 1.0e-3}
+    - {name: finetune, trainable: [conv5, head], epochs: 2, lr: 1.0e-4}
+"""
+
+
+def write_study(tmp_path, study: str, base: str = BASE) -> str:
+    (tmp_path / "base.yaml").write_text(base)
+    path = tmp_path / "study.yaml"
+    path.write_text("extends: base.yaml\nname: s\nstudy:\n" + textwrap.indent(textwrap.dedent(study), "  "))
+    return str(path)
+
+
+def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(flat(v, key))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for i, x in enumerate(v):
+                out.update(flat(x, f"{key}.{i}"))
+        else:
+            out[key] = v
+    return out
+
+
+def differing(r1, r2):
+    a, b = flat(recipe_lib.to_dict(r1)), flat(recipe_lib.to_dict(r2))
+    return {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+
+
+def test_product_expansion_and_pairing(tmp_path):
+    path = write_study(tmp_path, """
+        init: [none, tests/other.weights.h5]
+        freeze: [head_only, from_conv4, all]
+        data_fraction: [0.25, 1.0]
+        seeds: 3
+        baseline: {init: none}
+    """)
+    plan = plan_lib.load_plan(path)
+    assert len(plan.arms) == 12 and len(plan.runs) == 36
+    assert plan.varied == ("init", "freeze", "data_fraction")
+    axis_keys = {"model.weights", "train.phases.1.trainable", "data.fraction"}
+    for arm in plan.arms:
+        assert {k if not k.startswith("train.phases.1.trainable") else "train.phases.1.trainable" for k in differing(arm.recipe, plan.base)} <= axis_keys
+        ref = plan.reference_of(arm)
+        if arm.values["init"] == "none":
+            assert ref is None
+        else:
+            # The comparison pairs arms that differ in the init and nothing else.
+            assert differing(arm.recipe, ref.recipe) == {"model.weights"}
+    fz = {a.values["freeze"]: a.recipe.train.phases[1].trainable for a in plan.arms}
+    assert fz == {"head_only": "head", "from_conv4": {"from": "conv4"}, "all": "all"}
+    assert all(a.recipe.train.phases[0].trainable == "head" for a in plan.arms)
+    for run in plan.runs:
+        arm = plan.arm(run.arm_id)
+        assert differing(run.recipe, arm.recipe) <= {"seed"}
+        assert run.recipe.seed == run.seed
+        assert run.recipe.data.split_seed == 7
+    seeds_per_arm = {a.id: sorted(r.seed for r in plan.runs if r.arm_id == a.id) for a in plan.arms}
+    assert set(map(tuple, seeds_per_arm.values())) == {(0, 1, 2)}
+    # Seed-major order: the first len(arms) runs are seed 0 of every arm.
+    assert {r.seed for r in plan.runs[: len(plan.arms)]} == {0}
+
+
+def test_arm_ids_stable_unique_and_readable(tmp_path):
+    path = write_study(tmp_path, "init: [none, a/b.weights.h5]\ndata_fraction: [0.1, 1.0]\n")
+    a, b = plan_lib.load_plan(path), plan_lib.load_plan(path)
+    assert [x.id for x in a.arms] == [x.id for x in b.arms]
+    assert a.fingerprint() == b.fingerprint()
+    ids = [x.id for x in a.arms]
+    assert len(set(ids)) == len(ids)
+    assert ids[0].startswith("scratch_0.1_data-")
+    assert any(i.startswith("file-b_1_data-") for i in ids)
+    assert all(all(c.isalnum() or c in "._-" for c in i) for i in ids)
+    c = plan_lib.load_plan(path, ["data.batch_size=4"])
+    assert c.fingerprint() != a.fingerprint()
+
+
+@pytest.mark.parametrize("study, needle", [
+    ("sedes: 3\ninit: [none]\n", "study.sedes: unknown key (did you mean seeds?)"),
+    ("init: [none]\nfreeze: [from-conv4]\n", "did you mean from_conv4?"),
+    ("init: none\n", "study.init: expected a non-empty list"),
+    ("init: [none]\nseeds: 0\n", "study.seeds"),
+    ("init: [none]\ndata_fraction: [0, 1]\n", "study.data_fraction"),
+    ("init: [none]\nbaseline: {inti: none}\n", "did you mean init?"),
+    ("init: [none, none]\n", "repeated value"),
+    ("init: [none]\nbaseline: {init: imagenet}\n", "study.baseline.init"),
+    ("init: [none]\nschedule_multiplier: [1.5]\n", "not a whole number of epochs"),
+    ("seeds: 2\n", "varies nothing"),
+    ("init: [none]\narms: [{init: none}]\n", "not both"),
+    ("init: [none]\nlr_grid: [0]\n", "study.lr_grid"),
+])
+def test_strict_study_errors(tmp_path, study, needle):
+    path = write_study(tmp_path, study)
+    with pytest.raises(UserError) as e:
+        plan_lib.load_plan(path)
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_invalid_combination_names_arm_and_exclude_fixes_it(tmp_path):
+    path = write_study(tmp_path, "cut_after: [null, conv4]\nfreeze: [head_only, from_conv5]\n")
+    with pytest.raises(UserError) as e:
+        plan_lib.load_plan(path)
+    assert "{from_conv5, cut_after_conv4}" in str(e.value) and "study.exclude" in str(e.value)
+    path = write_study(tmp_path, "cut_after: [null, conv4]\nfreeze: [head_only, from_conv5]\nexclude: [{cut_after: conv4, freeze: from_conv5}]\n")
+    plan = plan_lib.load_plan(path)
+    assert len(plan.arms) == 3
+    cut = [a for a in plan.arms if a.values["cut_after"] == "conv4"]
+    assert cut[0].recipe.model.cut_after == "conv4"
+
+
+def test_schedule_multiplier_reinit_and_lr_grid(tmp_path):
+    base = BASE.replace("weights: none", "weights: some.weights.h5")
+    path = write_study(tmp_path, """
+        schedule_multiplier: [1, 3]
+        reinit: [[], [conv5]]
+        lr_grid: [1.0e-3, 1.0e-4]
+        seeds: 2
+        baseline: {schedule_multiplier: 1, reinit: []}
+    """, base)
+    plan = plan_lib.load_plan(path)
+    assert len(plan.arms) == 4 and len(plan.runs) == 16
+    x3 = [a for a in plan.arms if a.values["schedule_multiplier"] == 3][0]
+    assert [p.epochs for p in x3.recipe.train.phases] == [3, 6]
+    re5 = [a for a in plan.arms if a.values["reinit"] == ["conv5"]][0]
+    assert re5.recipe.model.reinit == ("conv5",)
+    lrs = {(r.arm_id, r.seed): set() for r in plan.runs}
+    for r in plan.runs:
+        assert r.recipe.train.phases[1].lr == r.lr and r.recipe.train.phases[0].lr == 1e-3
+        lrs[(r.arm_id, r.seed)].add(r.lr)
+        assert r.key == f"{r.arm_id}/lr{r.lr_index}/seed{r.seed}"
+    assert all(v == {1e-3, 1e-4} for v in lrs.values())
+    base_arm = [a for a in plan.arms if a.values == {"reinit": [], "schedule_multiplier": 1}][0]
+    assert plan.reference_of(base_arm) is None
+    assert all(plan.reference_of(a) is base_arm for a in plan.arms if a is not base_arm)
+
+
+def test_explicit_arms_and_study_overrides(tmp_path):
+    path = write_study(tmp_path, """
+        arms:
+          - {init: none, freeze: all}
+          - {init: x.weights.h5, freeze: head_only}
+        seeds: 4
+    """)
+    plan = plan_lib.load_plan(path, ["study.seeds=2", "data.batch_size=4"])
+    assert len(plan.arms) == 2 and len(plan.runs) == 4
+    assert plan.base.data.batch_size == 4
+    assert plan.study.baseline == {"init": "none"}  # default: first value of the first axis
+    path = write_study(tmp_path, "arms: [{init: none, freeze: all}, {init: none}]\n")
+    with pytest.raises(UserError, match="missing freeze"):
+        plan_lib.load_plan(path)
+
+
+def test_cost_estimate(tmp_path):
+    path = write_study(tmp_path, "data_fraction: [0.5, 1.0]\nseeds: 2\nseconds_per_image: 0.01\n")
+    plan = plan_lib.load_plan(path)
+    cost = plan_lib.estimate_cost(plan)
+    # 200 images, 60% train = 120; per run: 3 epochs × (60 | 120) images; 2 seeds.
+    assert cost.runs == 4 and cost.epochs == 12
+    assert cost.images == 2 * 3 * (60 + 120)
+    assert cost.cpu_seconds == pytest.approx(cost.images * 0.01)
+    text = plan_lib.format_plan(plan, cost)
+    assert "4 runs" in text and "1,080 training images" in text and "CPU time" in text and "study.seconds_per_image" in text
+    assert plan_lib.estimate_cost(plan, 0.5, "flag").cpu_seconds == pytest.approx(1080 * 0.5)
+
+
+def _cli(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "keras_tl.study", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_cli_dry_run_and_user_error(tmp_path):
+    path = write_study(tmp_path, "init: [none]\nfreeze: [head_only, all]\nseeds: 2\n")
+    r = _cli("--recipe", path, "--dry_run", "--workdir", str(tmp_path / "wd"))
+    assert r.returncode == 0, r.stderr
+    assert "2 arms × 2 seeds = 4 runs" in r.stdout and "CPU time" in r.stdout
+    assert not (tmp_path / "wd").exists()
+    r = _cli("--recipe", path, "--dry_run", "--set", "study.sedes=3")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("keras_tl.study: error:") and "did you mean seeds?" in r.stderr
