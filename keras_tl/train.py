@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional
 
 from absl import app, flags
 
+from keras_tl import faults
 from keras_tl import recipe as recipe_lib
 from keras_tl.errors import UserError, WorkdirError
 
@@ -329,6 +330,22 @@ def _as_dict(obj) -> Optional[dict]:
     return dict(obj) if isinstance(obj, dict) else {"value": str(obj)}
 
 
+def _fault_callback(phase_index: int):
+    """Crash points inside fit: ``batch:<phase>:<epoch>:<batch>`` (mid-epoch)."""
+    import keras
+
+    class FaultPoints(keras.callbacks.Callback):
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            faults.point(f"batch:{phase_index}:{self.epoch}:{batch}")
+
+    return FaultPoints()
+
+
 def _read_csv_log(path: str) -> Dict[str, List[float]]:
     """Per-epoch history of a phase from its CSV log, one row per epoch (a resumed phase
     may have logged an epoch twice: the later row wins)."""
@@ -461,6 +478,8 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
             keras.callbacks.CSVLogger(os.path.join(workdir, f"log_{index}_{label}.csv"), append=True),
             keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup", f"phase{index}"), double_checkpoint=True),
         ]
+        if os.environ.get("KERAS_TL_FAULT"):
+            callbacks.append(_fault_callback(index))
         best_path = os.path.join(ckpt_dir, f"best_{index}.weights.h5")
         if recipe.train.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard", label), write_graph=False))
@@ -514,7 +533,9 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
             "path": "cached_features" if reason is None else "full",
             "fast_path_skipped_because": reason,
         })
+        faults.point(f"phase_end:{index}")
         write_json(state_path, state)
+        faults.point(f"phase_recorded:{index}")
 
     results = {"val": evaluate(model, datasets.val, class_names, recipe.train.top_k)}
     if datasets.test is not None:
@@ -537,6 +558,7 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
             export_info = export_lib.export_run(model, export_dir, class_names=class_names, recipe=recipe,
                                                 sample_images=np.asarray(sample), top_k=recipe.train.top_k)
 
+    faults.point("exported")
     images_seen = sum(p["images_seen"] for p in state["phases"])
     metrics = {
         "recipe": recipe.name,
@@ -566,6 +588,7 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
         "export": export_info,
     }
     write_json(os.path.join(workdir, "run.json"), run_info)
+    faults.point("before_done")
     write_text(os.path.join(workdir, DONE), datetime.datetime.now().isoformat() + "\n")
     summary = results[final_split]
     log(f"keras_tl: done: {final_split} accuracy {summary.get('accuracy', float('nan')):.4f}, loss {summary.get('loss', float('nan')):.4f}; "

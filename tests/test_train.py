@@ -1,0 +1,164 @@
+"""End-to-end training: records, phases, resume after kill -9, determinism, export."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from keras_tl import recipe as recipe_lib
+from keras_tl.errors import WorkdirError
+
+TINY = {
+    "name": "tiny",
+    "seed": 3,
+    "data": {
+        "source": "synthetic_galaxies",
+        "synthetic": {"count": 120, "seed": 7},
+        "image_size": [32, 32],
+        "batch_size": 16,
+        "val_fraction": 0.2,
+        "test_fraction": 0.2,
+        "augment": {"flip": False, "rot90": False},
+    },
+    "model": {"backbone": "mobilenetv3small", "weights": "none", "head": [{"units": 16, "dropout": 0.1}]},
+    "train": {
+        "tensorboard": False,
+        "phases": [
+            {"name": "head", "trainable": "head", "epochs": 2, "lr": 1e-3},
+            {"name": "ft", "trainable": "all", "epochs": 2, "lr": 1e-4, "schedule": "cosine"},
+        ],
+    },
+}
+
+
+def _write_recipe(tmp_path, raw=TINY):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def _load(tmp_path, *overrides):
+    return recipe_lib.load(_write_recipe(tmp_path), list(overrides))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from keras_tl import train
+
+    tmp = tmp_path_factory.mktemp("run")
+    recipe = recipe_lib.load(_write_recipe(tmp))
+    workdir = str(tmp / "wd")
+    metrics = train.run(recipe, workdir, log=lambda *a: None)
+    return recipe, workdir, metrics
+
+
+def test_run_writes_every_record(finished_run):
+    recipe, wd, metrics = finished_run
+    for name in ["recipe.yaml", "run.json", "metrics.json", "confusion_test.json", "confusion_test.png", "DONE",
+                 "export/savedmodel/saved_model.pb", "export/model.keras", "export/labels.txt", "export/backbone.weights.h5"]:
+        assert os.path.exists(os.path.join(wd, name)), name
+    assert recipe_lib.loads(open(os.path.join(wd, "recipe.yaml")).read()) == recipe
+    run = json.load(open(os.path.join(wd, "run.json")))
+    assert run["weights"]["source"] == "none"
+    assert set(run["versions"]) >= {"tensorflow", "keras", "keras_tl"}
+    assert run["data"]["split_hash"]["train"] and run["data"]["split_hash"]["test"]
+    assert run["images_seen"] == sum(p["images_seen"] for p in run["phases"]) > 0
+    on_disk = json.load(open(os.path.join(wd, "metrics.json")))
+    assert on_disk["test"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert set(metrics["test"]["per_class"]) == set(open(os.path.join(wd, "export/labels.txt")).read().split())
+    assert len(metrics["history"]["loss"]) == 4  # 2 + 2 epochs across phases
+
+
+def test_phases_change_trainable_counts_as_declared(finished_run):
+    _, wd, _ = finished_run
+    phases = json.load(open(os.path.join(wd, "run.json")))["phases"]
+    head, ft = phases
+    backbone_rows = [r for r in head["stages"] if r["stage"] != "head"]
+    assert backbone_rows and all(r["trainable_params"] == 0 for r in backbone_rows)
+    assert [r for r in head["stages"] if r["stage"] == "head"][0]["trainable_params"] > 0
+    # trainable: all  (BN stays frozen by default, so each stage keeps some frozen parameters)
+    assert all(r["trainable_params"] > 0 for r in ft["stages"] if r["trainable_params"] + r["frozen_params"] > 0
+               and r["stage"] != "head" and r["layers"] > 0 and r["trainable_params"] + r["frozen_params"] > 1000)
+    assert ft["trainable_params"] > head["trainable_params"]
+    # Head-only phase over a frozen backbone without augmentation: cached-feature fast path.
+    assert head["path"] == "cached_features" and ft["path"] == "full"
+
+
+def test_refuses_to_overwrite_a_finished_run(finished_run):
+    from keras_tl import train
+
+    recipe, wd, _ = finished_run
+    with pytest.raises(WorkdirError, match="finished run"):
+        train.run(recipe, wd, log=lambda *a: None)
+
+
+def test_exported_savedmodel_matches_keras_model(finished_run):
+    import keras
+    import tensorflow as tf
+
+    import keras_tl.model  # noqa: F401  registers custom layers
+
+    _, wd, _ = finished_run
+    x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    sm = tf.saved_model.load(os.path.join(wd, "export/savedmodel"))
+    k = keras.saving.load_model(os.path.join(wd, "export/model.keras"), safe_mode=True)
+    p_sm = np.asarray(sm.serve(tf.constant(x)))
+    p_k = np.asarray(k(x, training=False))
+    np.testing.assert_allclose(p_sm, p_k, atol=1e-5)
+    np.testing.assert_allclose(p_sm.sum(1), 1.0, atol=1e-4)
+
+
+def test_same_seed_same_metrics(finished_run, tmp_path):
+    from keras_tl import train
+
+    recipe, _, metrics = finished_run
+    again = train.run(recipe, str(tmp_path / "again"), log=lambda *a: None)
+    assert again["test"]["accuracy"] == metrics["test"]["accuracy"]
+    assert again["test"]["loss"] == pytest.approx(metrics["test"]["loss"], abs=1e-5)
+    assert again["history"]["loss"] == pytest.approx(metrics["history"]["loss"], abs=1e-5)
+
+
+def _cli(recipe_path, workdir, fault=None, *sets, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("KERAS_TL_FAULT", None)
+    if fault:
+        env["KERAS_TL_FAULT"] = fault
+    cmd = [sys.executable, "-m", "keras_tl.train", "--recipe", recipe_path, "--workdir", workdir]
+    for s in sets:
+        cmd += ["--set", s]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("fault", ["batch:1:0:2", "phase_end:0", "exported"])
+def test_kill_9_then_rerun_resumes_and_matches(finished_run, tmp_path, fault):
+    _, _, reference = finished_run
+    recipe_path = _write_recipe(tmp_path)
+    wd = str(tmp_path / "wd")
+    first = _cli(recipe_path, wd, fault)
+    assert first.returncode == -9, first.stderr[-2000:]
+    assert not os.path.exists(os.path.join(wd, "DONE"))
+    second = _cli(recipe_path, wd)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming" in second.stdout + second.stderr
+    metrics = json.load(open(os.path.join(wd, "metrics.json")))
+    assert os.path.exists(os.path.join(wd, "DONE"))
+    if fault == "exported" or fault == "phase_end:0":
+        # Killed between epochs: the resumed run is the same computation.
+        assert metrics["test"]["accuracy"] == pytest.approx(reference["test"]["accuracy"], abs=1e-6)
+    else:
+        # Killed mid-epoch: the epoch is redone from the last backup, with a new data order.
+        assert abs(metrics["test"]["accuracy"] - reference["test"]["accuracy"]) <= 0.25
+    assert len(metrics["history"]["loss"]) == 4
+
+
+def test_bad_override_exits_2_and_writes_nothing(tmp_path):
+    wd = tmp_path / "never"
+    out = _cli(_write_recipe(tmp_path), str(wd), None, "model.wieghts=none")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "weights" in out.stderr
+    assert not wd.exists()
