@@ -182,6 +182,36 @@ def _tpu_strategy(name: Optional[str], zone: Optional[str], project: Optional[st
     return strategy
 
 
+def _multi_worker_strategy():
+    """MultiWorkerMirroredStrategy whose ``reduce`` accepts what Keras 3's ``fit`` passes it.
+
+    Keras 3 (backend/tensorflow/trainer.py; keras-team/keras#20585) calls
+    ``strategy.reduce("MEAN", (x, y), axis=None)`` on a whole batch structure to build the
+    model, and ``strategy.reduce("MEAN", scalar_metric, axis=0)`` on each step's logs.
+    MirroredStrategy tolerates both; MultiWorkerMirroredStrategy raises ("Attempt to convert
+    a value (PerReplica...)", "Invalid reduction dimension 0 for input with 0 dimensions").
+    This subclass reduces leaf by leaf and treats ``axis`` on a scalar as a plain cross-replica
+    mean, which is what both calls mean. It stays an instance of MultiWorkerMirroredStrategy.
+    """
+    import tensorflow as tf
+
+    class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        def reduce(self, reduce_op, value, axis):
+            base = super(_MultiWorkerMirroredStrategy, self).reduce
+
+            def leaf(v):
+                ax = axis
+                if ax is not None:
+                    local = self.experimental_local_results(v)
+                    if local and getattr(local[0], "shape", None) is not None and local[0].shape.rank == 0:
+                        ax = None
+                return base(reduce_op, v, ax)
+
+            return tf.nest.map_structure(leaf, value)
+
+    return _MultiWorkerMirroredStrategy()
+
+
 def _mirrored_strategy(num_gpus: int):
     import tensorflow as tf
 
@@ -232,7 +262,7 @@ def setup(recipe, *, tpu_flags: Optional[Mapping[str, Optional[str]]] = None) ->
             chief_job = "chief" if "chief" in jobs else "worker"
             is_chief = task["type"] == chief_job and task["index"] == 0
             try:
-                strategy = tf.distribute.MultiWorkerMirroredStrategy()
+                strategy = _multi_worker_strategy()
             except (RuntimeError, ValueError) as e:
                 raise DistributeError(f"cannot start multi-worker training from TF_CONFIG (task {task}): {' '.join(str(e).split())[:300]}; call setup before any TensorFlow op runs and check TF_CONFIG") from None
         elif kind == "mirrored":
