@@ -20,7 +20,12 @@ from typing import Any, Dict, Literal, Optional, Tuple, Union
 
 import yaml
 
-MAX_RECIPE_BYTES = 1 << 20
+# Recipes are a few KB. PyYAML's pure-Python parser needs ~70 us per value (the C
+# parser is barely faster here and overflows the C stack on deep nesting), so these
+# limits keep a hostile file's rejection well under a second.
+MAX_RECIPE_BYTES = 64 << 10
+MAX_YAML_NODES = 2000
+MAX_YAML_DEPTH = 32
 MAX_EXTENDS_DEPTH = 16
 
 
@@ -221,14 +226,29 @@ class Recipe:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """safe_load without aliases (an alias bomb expands exponentially when walked)
-    and with duplicate keys rejected (the second silently wins otherwise)."""
+    """safe_load without aliases (an alias bomb expands exponentially when walked),
+    with duplicate keys rejected (the second silently wins otherwise) and with
+    bounded size and nesting (so rejection is fast and never a RecursionError)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._nodes = 0
+        self._depth = 0
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.YAMLError(f"YAML aliases (*{event.anchor}) are not allowed in recipes, at {event.start_mark}")
-        return super().compose_node(parent, index)
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"more than {MAX_YAML_NODES} values; a recipe is a short file, at {self.peek_event().start_mark}")
+        if self._depth >= MAX_YAML_DEPTH:
+            raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels, at {self.peek_event().start_mark}")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -263,7 +283,22 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _flow_depth(text: str) -> int:
+    """Deepest nesting of [ and { (counted naively, also inside strings and comments)."""
+    depth = deepest = 0
+    for c in _NOT_BRACKET.sub("", text):
+        depth = depth + 1 if c in "[{" else max(depth - 1, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
 def _parse_yaml(text: str, where: str) -> Any:
+    # PyYAML's scanner is quadratic in the open [ and { on one line; refuse before scanning.
+    if _flow_depth(text) > 2 * MAX_YAML_DEPTH:
+        raise RecipeError(f"{where}: not valid recipe YAML: [ and {{ nested deeper than {2 * MAX_YAML_DEPTH} levels")
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (SafeLoader subclass)
     except yaml.YAMLError as e:
@@ -403,7 +438,8 @@ class _Builder:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, value in raw.items():
-            sub = f"{path}.{key}" if path else str(key)
+            name = str(key) if len(str(key)) <= 60 else str(key)[:57] + "..."
+            sub = f"{path}.{name}" if path else name
             if not isinstance(key, str) or key not in fields:
                 close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
                 hint = f" (did you mean {close[0]}?)" if close else f" (valid keys: {', '.join(fields)})"
