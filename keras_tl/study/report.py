@@ -150,8 +150,9 @@ def analyze(plan: Plan, results: Dict[str, dict], *, seed: int = 0, n_boot: int 
         "lr_grid": list(s.lr_grid),
         "methods": {
             "arm_ci": "95% t-interval over seeds",
-            "difference_ci": f"paired by seed; 95% bootstrap CI (expanded percentile, {n_boot} resamples, seed {seed}) "
-                             f"with >= {stats.MIN_SEEDS_BOOTSTRAP} seeds, paired t-interval below that",
+            "difference_ci": f"paired by seed; 95% bootstrap CI (expanded percentile, {n_boot} resamples, seed {seed}), "
+                             f"each end widened to the paired t-interval where that is wider, with >= {stats.MIN_SEEDS_BOOTSTRAP} seeds; "
+                             "paired t-interval alone below that",
             "p_values": "two-sided paired t-test, Holm-corrected across all comparisons (sign-flip permutation p also listed)",
             "p_better": "share of seeds where the arm beats its baseline (ties count half), Wilson 95% interval",
             "verdict": "better/worse when the CI excludes 0 and the Holm-adjusted p < 0.05; else no evidence at this budget",

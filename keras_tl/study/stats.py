@@ -7,9 +7,11 @@ every comparison is a set of paired differences ``d_k = A_k - B_k`` in metric un
 * Per-arm summaries: mean and a 95% t-interval over seeds.
 * Paired difference: mean of d with a 95% bootstrap CI (seeded, 10,000 resamples,
   percentile method with Hesterberg's small-sample expansion: the percentile levels are
-  widened from α/2 to Φ(−√(n/(n−1))·t_{n−1,1−α/2}), which corrects the plain percentile
-  interval's known under-coverage at 5–20 seeds). With fewer than 5 seeds no bootstrap
-  reaches its nominal coverage; the paired t-interval is used instead and ``ci_method`` says so.
+  widened from α/2 to Φ(−√(n/(n−1))·t_{n−1,1−α/2}), which corrects most of the plain percentile
+  interval's under-coverage at 5–20 seeds). Resampling 5 values is too coarse to reach 95%
+  (measured: 92.4% at 5 seeds, 94.0% at 8, on normal differences), so each end is widened to
+  the paired t-interval's where that is wider; the union covers 95.0–95.7% at 5–20 seeds.
+  With fewer than 5 seeds only the paired t-interval is used and ``ci_method`` says so.
 * P(A better than B): share of seeds where A wins (ties count half), Wilson 95% interval.
 * p-values: two-sided paired t-test, Holm-corrected across all comparisons of a study.
   (A sign-flip permutation test is also reported, but with 5 seeds its smallest possible
@@ -79,6 +81,19 @@ def bootstrap_ci(d, *, n_boot: int = N_BOOT, seed: int = 0, conf: float = CONF):
     lo = np.quantile(means, a / 2, axis=-1)
     hi = np.quantile(means, 1 - a / 2, axis=-1)
     return lo, hi
+
+
+def difference_ci(d, *, n_boot: int = N_BOOT, seed: int = 0, conf: float = CONF):
+    """The CI reported for a mean paired difference: the bootstrap CI widened to the t-interval.
+
+    Vectorised over leading axes like :func:`bootstrap_ci`.
+    """
+    d = np.asarray(d, dtype=float)
+    n = d.shape[-1]
+    lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed, conf=conf)
+    mean = d.mean(axis=-1)
+    half = st.t.ppf(0.5 + conf / 2, n - 1) * d.std(axis=-1, ddof=1) / math.sqrt(n)
+    return np.minimum(lo, mean - half), np.maximum(hi, mean + half)
 
 
 def paired_t_pvalue(d: Sequence[float]) -> Optional[float]:
@@ -162,8 +177,9 @@ def compare(a: Sequence[float], b: Sequence[float], *, higher_is_better: bool = 
     out: Dict[str, object] = {"n": int(n), "diffs": [_f(x) for x in d], "mean": summary["mean"], "sd": summary["sd"],
                               "t_lo": summary["lo"], "t_hi": summary["hi"]}
     if n >= MIN_SEEDS_BOOTSTRAP:
-        lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
-        out.update(ci_lo=_f(lo), ci_hi=_f(hi), ci_method=f"bootstrap (expanded percentile, {n_boot} resamples, seed {seed})")
+        lo, hi = difference_ci(d, n_boot=n_boot, seed=seed)
+        out.update(ci_lo=_f(lo), ci_hi=_f(hi),
+                   ci_method=f"bootstrap (expanded percentile, {n_boot} resamples, seed {seed}), widened to the paired t-interval where wider")
     else:
         out.update(ci_lo=summary["lo"], ci_hi=summary["hi"],
                    ci_method=f"paired t-interval (only {n} seeds; a bootstrap needs >= {MIN_SEEDS_BOOTSTRAP})")
