@@ -1,0 +1,444 @@
+"""The tf.data pipeline: source → split/subset → decode/resize → cache → shuffle →
+augment (train only) → batch → prefetch, plus the pre-training bad-file scan.
+
+Images leave the pipeline as float32 ``[B, H, W, C]`` in raw pixel units (0..255 for
+8-bit images, .npy/.npz values unchanged) with exactly ``data.channels`` channels,
+and labels as int32 ``[B]``. Model-specific preprocessing is the model's job.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from keras_tl.data import augment as augment_lib
+from keras_tl.data import split as split_lib
+from keras_tl.data.sources import Pool, Source, load_source
+from keras_tl.errors import DataError
+
+AUTOTUNE = tf.data.AUTOTUNE
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class Datasets:
+    """What :func:`build_datasets` returns. ``val``/``test`` are None when the split is empty
+    (no source split and its fraction is 0)."""
+
+    train: tf.data.Dataset
+    val: Optional[tf.data.Dataset]
+    test: Optional[tf.data.Dataset]
+    class_names: Tuple[str, ...]
+    counts: Dict[str, int]
+    class_counts: Dict[str, List[int]]
+    class_weights: Optional[Dict[int, float]]
+    info: dict
+
+
+# -------------------------------------------------------------------- decoding
+
+
+def _read_bytes(path: str) -> bytes:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+def load_array(path: str, image_key: str = "image") -> np.ndarray:
+    """A .npy/.npz file as a float32 (H, W, C) array (2-D arrays get C=1)."""
+    arr = np.load(io.BytesIO(_read_bytes(path)), allow_pickle=False)
+    if isinstance(arr, np.lib.npyio.NpzFile):
+        with arr:
+            if image_key in arr.files:
+                arr = arr[image_key]
+            elif len(arr.files) == 1:
+                arr = arr[arr.files[0]]
+            else:
+                raise ValueError(f"npz holds arrays {arr.files}; name the image array {image_key!r} (data.image_key)")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise ValueError(f"array has shape {arr.shape}, expected (H, W) or (H, W, C)")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"array dtype {arr.dtype} is not real numbers")
+    return arr.astype(np.float32)
+
+
+def _decode_file(path: tf.Tensor, file_kind: str, channels: int, image_key: str) -> tf.Tensor:
+    if file_kind == "array":
+        img = tf.numpy_function(lambda p: load_array(p.decode("utf-8"), image_key), [path], tf.float32, stateful=False)
+        return tf.ensure_shape(img, [None, None, channels])
+    img = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+    return tf.cast(img, tf.float32)
+
+
+def adapt_channels(image: tf.Tensor, native: int, channels: int) -> tf.Tensor:
+    """Convert a decoded image with ``native`` channels to ``channels`` (1↔3, drop alpha)."""
+    if native == channels:
+        return image
+    if native in (2, 4):
+        image, native = image[..., : native - 1], native - 1
+    if native == 1 and channels == 3:
+        return tf.image.grayscale_to_rgb(image)
+    if native == 3 and channels == 1:
+        return tf.image.rgb_to_grayscale(image)
+    if native == channels:
+        return image
+    raise DataError(f"data.channels: cannot convert {native}-channel images to {channels}; set data.channels: {native}")
+
+
+def resize(image: tf.Tensor, size: Tuple[int, int], mode: str) -> tf.Tensor:
+    """``resize``: bilinear to size (aspect not kept); ``pad``: keep aspect, zero-pad;
+    ``center_crop``: the central size×size window at the original pixel scale (an image
+    smaller than size is zero-padded; directory sources reject such files in the scan)."""
+    h, w = int(size[0]), int(size[1])
+    if mode == "resize":
+        image = tf.image.resize(image, (h, w))
+    elif mode == "pad":
+        image = tf.image.resize_with_pad(image, h, w)
+    elif mode == "center_crop":
+        image = tf.image.resize_with_crop_or_pad(image, h, w)
+    else:
+        raise DataError(f"data.resize: unknown mode {mode!r}; valid: resize, pad, center_crop")
+    return tf.ensure_shape(tf.cast(image, tf.float32), [h, w, None])
+
+
+# ------------------------------------------------------------------------ scan
+
+_SCAN_CACHE: "collections.OrderedDict[tuple, dict]" = collections.OrderedDict()
+
+
+def _bad_image_reason(path: str) -> str:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        data = _read_bytes(path)
+    except Exception as e:  # noqa: BLE001 - any read failure is the reason
+        return f"unreadable: {' '.join(str(e).split())[:120]}"
+    if not data:
+        return "empty file (0 bytes)"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except UnidentifiedImageError:
+        return f"not an image ({len(data)} bytes that no image decoder recognises)"
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError/SyntaxError/... for corrupt data
+        return f"truncated or corrupt image: {' '.join(str(e).split())[:120]}"
+    return "the TensorFlow image decoder cannot read it (unsupported format or channel count)"
+
+
+def _scan_images(paths: List[str], data) -> List[dict]:
+    """Decode every image once in a parallel tf.data map; return the bad ones with a reason."""
+    channels = data.channels
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), tf.constant(paths)))
+
+    def check(i, p):
+        img = tf.io.decode_image(tf.io.read_file(p), channels=channels, expand_animations=False)
+        return i, tf.shape(img)[:2]
+
+    ds = ds.map(check, num_parallel_calls=AUTOTUNE, deterministic=False).ignore_errors().batch(1024)
+    ok, shapes = set(), {}
+    for idx, hw in ds.as_numpy_iterator():
+        for i, s in zip(idx.tolist(), hw.tolist()):
+            ok.add(i)
+            shapes[i] = s
+    bad = [{"path": paths[i], "reason": _bad_image_reason(paths[i])} for i in range(len(paths)) if i not in ok]
+    bad += _too_small(paths, shapes, data)
+    return bad
+
+
+def _too_small(paths, shapes, data) -> List[dict]:
+    if data.resize != "center_crop":
+        return []
+    th, tw = data.image_size
+    out = []
+    for i, (h, w) in sorted(shapes.items()):
+        if h < th or w < tw:
+            out.append(
+                {
+                    "path": paths[i],
+                    "reason": f"{w}x{h} px is smaller than data.image_size {th}x{tw} with data.resize: center_crop "
+                    f"(use data.resize: pad or resize, or a smaller image_size)",
+                }
+            )
+    return out
+
+
+def _scan_arrays(paths: List[str], data) -> List[dict]:
+    def check(i):
+        try:
+            arr = load_array(paths[i], data.image_key)
+        except Exception as e:  # noqa: BLE001 - a corrupt array file is reported, not raised
+            return i, None, f"unreadable array: {' '.join(str(e).split())[:160] or type(e).__name__}"
+        if arr.shape[-1] != data.channels:
+            return i, None, f"has {arr.shape[-1]} bands (shape {arr.shape}) but data.channels is {data.channels}"
+        if not np.isfinite(arr).all():
+            return i, None, "contains NaN or inf values"
+        return i, arr.shape[:2], None
+
+    bad, shapes = [], {}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for i, hw, reason in pool.map(check, range(len(paths))):
+            if reason:
+                bad.append({"path": paths[i], "reason": reason})
+            else:
+                shapes[i] = hw
+    return bad + _too_small(paths, shapes, data)
+
+
+def _scan_source(source: Source, data) -> dict:
+    if source.kind != "files":
+        return {"checked": 0, "bad": [], "seconds": 0.0, "note": f"{source.kind} data are not scanned"}
+    paths = source.pools["train"].paths
+    key = (tuple(paths), source.file_kind, data.channels, tuple(data.image_size), data.resize, data.image_key)
+    if key in _SCAN_CACHE:
+        result = _SCAN_CACHE[key]
+    else:
+        t0 = time.perf_counter()
+        bad = _scan_images(paths, data) if source.file_kind == "image" else _scan_arrays(paths, data)
+        bad.sort(key=lambda b: b["path"])
+        result = {"checked": len(paths), "bad": bad, "seconds": round(time.perf_counter() - t0, 3)}
+        _SCAN_CACHE[key] = result
+        while len(_SCAN_CACHE) > 4:
+            _SCAN_CACHE.popitem(last=False)
+    if result["bad"] and data.on_bad_file == "error":
+        first = result["bad"][0]
+        raise DataError(
+            f"data.path: bad file {first['path']}: {first['reason']} ({len(result['bad'])} bad of {len(paths)} files); "
+            f"fix or remove it, or set data.on_bad_file: skip to drop bad files (they are listed in run.json)"
+        )
+    return result
+
+
+def scan(recipe) -> dict:
+    """Decode every file of a directory source once, before training.
+
+    Returns ``{"checked": n, "bad": [{"path", "reason"}], "seconds": s}``. With
+    ``data.on_bad_file: error`` any bad file raises DataError naming the first one
+    and the count; with ``skip`` they are returned (build_datasets drops them).
+    TFDS and synthetic sources are not scanned (``checked`` is 0).
+    """
+    return _scan_source(load_source(recipe.data), recipe.data)
+
+
+# ---------------------------------------------------------------------- splits
+
+
+def _make_splits(source: Source, data) -> Tuple[Dict[str, Pool], dict]:
+    """Carve missing val/test from train, then subset train; also the provenance notes."""
+    pools = dict(source.pools)
+    origin = {s: "source" for s in pools}
+    carve_val = "val" not in pools
+    carve_test = "test" not in pools
+    if carve_val or carve_test:
+        train = pools["train"]
+        parts = split_lib.stratified_split(
+            train.ids,
+            train.labels,
+            val_fraction=data.val_fraction if carve_val else 0.0,
+            test_fraction=data.test_fraction if carve_test else 0.0,
+            seed=data.split_seed,
+            class_names=source.class_names,
+        )
+        pools["train"] = train.select(parts["train"])
+        for s, carve in (("val", carve_val), ("test", carve_test)):
+            if carve:
+                pools[s] = train.select(parts[s])
+                origin[s] = f"carved from {origin['train']} train: {s}_fraction={getattr(data, s + '_fraction')}, split_seed={data.split_seed}"
+    if data.fraction is not None or data.per_class is not None:
+        train = pools["train"]
+        keep = split_lib.nested_subset(train.ids, train.labels, seed=data.split_seed, fraction=data.fraction, per_class=data.per_class)
+        pools["train"] = train.select(keep)
+        origin["train"] += f"; nested subset fraction={data.fraction} per_class={data.per_class} (split_seed={data.split_seed})"
+    return pools, origin
+
+
+# -------------------------------------------------------------------- pipeline
+
+
+def _element_dataset(source: Source, pool: Pool, data, full_size: Dict[str, int], ordered: bool) -> tf.data.Dataset:
+    """(image float32 [H, W, C] resized, label int32) per example, unbatched; ``ordered``
+    keeps the pool's order even under data.deterministic: false."""
+    det = True if ordered else None
+    size, mode, ch = tuple(data.image_size), data.resize, data.channels
+    labels = pool.labels.astype(np.int32)
+    if source.kind == "files":
+        ds = tf.data.Dataset.from_tensor_slices((tf.constant(pool.paths, tf.string), labels))
+        fk, key = source.file_kind, data.image_key
+        return ds.map(
+            lambda p, y: (resize(_decode_file(p, fk, ch, key), size, mode), y),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=det,
+        )
+    if source.kind == "synthetic":
+        from keras_tl.data import synthetic
+
+        cfg = data.synthetic
+        gen_size = size[0] if size[0] == size[1] else max(size)
+        try:
+            images, gen_labels = synthetic.generate(
+                pool.indices, seed=cfg.seed, image_size=gen_size, survey=cfg.survey, bands=ch, output=cfg.output, noise_scale=cfg.noise_scale
+            )
+        except ValueError as e:
+            raise DataError(f"data.synthetic: {' '.join(str(e).split())}") from None
+        if not np.array_equal(np.asarray(gen_labels, np.int64), pool.labels):
+            raise RuntimeError("synthetic.generate labels disagree with synthetic.label_of")  # a bug, not user input
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[..., None]
+        ds = tf.data.Dataset.from_tensor_slices((images, labels))
+        same = tuple(images.shape[1:3]) == size
+        return ds.map(
+            lambda x, y: (tf.cast(x, tf.float32) if same else resize(tf.cast(x, tf.float32), size, mode), y),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=det,
+        )
+    # tfds
+    import tensorflow_datasets as tfds
+
+    ds = source.builder.as_dataset(
+        split=pool.tfds_split, shuffle_files=False, read_config=tfds.ReadConfig(add_tfds_id=True, try_autocache=False)
+    )
+    if len(pool) != full_size[pool.tfds_split]:
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(pool.ids, tf.string), tf.ones(len(pool), tf.int32)), 0
+        )
+        ds = ds.filter(lambda ex: table.lookup(ex["tfds_id"]) > 0)
+    native, ik, lk = source.native_channels, data.image_key, data.label_key
+    return ds.map(
+        lambda ex: (
+            resize(adapt_channels(tf.cast(ex[ik], tf.float32), native, ch), size, mode),
+            tf.cast(ex[lk], tf.int32),
+        ),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=det,
+    )
+
+
+def _finish(ds, split, n, data, *, ordered, seed, batch_size, drop_remainder, train_aug, shuffle, clip_max, cache_tag):
+    if data.cache == "memory":
+        ds = ds.cache()
+    elif data.cache != "none":
+        prefix = f"{data.cache}.{split}.{cache_tag}"
+        parent = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        if parent and not tf.io.gfile.exists(parent):
+            tf.io.gfile.makedirs(parent)
+        ds = ds.cache(prefix)
+    if shuffle:
+        ds = ds.shuffle(min(data.shuffle_buffer, max(n, 1)), seed=seed, reshuffle_each_iteration=True)
+    if train_aug:
+        fn = augment_lib.make_augment(data.augment, data.image_size, clip_max)
+        seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda xy, s: (fn(xy[0], s), xy[1]), num_parallel_calls=AUTOTUNE
+        )
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
+    ds = ds.prefetch(AUTOTUNE)
+    opts = tf.data.Options()
+    # Evaluation order must be stable (predictions and labels may be read in two passes).
+    opts.deterministic = bool(data.deterministic or ordered)
+    return ds.with_options(opts)
+
+
+def build_datasets(
+    recipe,
+    *,
+    global_batch_size: Optional[int] = None,
+    drop_remainder: bool = False,
+    augment: bool = True,
+    shuffle: bool = True,
+) -> Datasets:
+    """Train/val/test datasets for ``recipe`` (see the module docstring for the element format).
+
+    ``global_batch_size`` overrides ``data.batch_size`` (the runtime passes per-replica ×
+    replicas). Bad files are found before any dataset is built (see :func:`scan`).
+    Augmentation and shuffling apply to train only, seeded from ``recipe.seed``.
+    """
+    data = recipe.data
+    source = load_source(data)
+    scan_result = _scan_source(source, data)
+    skipped = scan_result["bad"]
+    if skipped:
+        drop = {b["path"] for b in skipped}
+        pool = source.pools["train"]
+        keep = np.asarray([i for i, p in enumerate(pool.paths) if p not in drop], np.int64)
+        if len(keep) == 0:
+            raise DataError(f"data.path: all {len(pool)} files are bad (first: {skipped[0]['path']}: {skipped[0]['reason']})")
+        pool = pool.select(keep)
+        empty = [c for i, c in enumerate(source.class_names) if not np.any(pool.labels == i)]
+        if empty:
+            raise DataError(f"data.path: class {empty[0]!r} has no readable files after skipping bad ones; see the bad-file list")
+        source.pools["train"] = pool
+    full_size = {p.tfds_split: len(p) for p in source.pools.values() if p.tfds_split}
+    pools, origin = _make_splits(source, data)
+    batch_size = int(global_batch_size or data.batch_size)
+    if batch_size < 1:
+        raise DataError(f"global_batch_size: must be >= 1, got {batch_size}")
+    k = len(source.class_names)
+    counts, class_counts, hashes = {}, {}, {}
+    for s in SPLITS:
+        if s in pools and len(pools[s]):
+            counts[s] = len(pools[s])
+            class_counts[s] = split_lib.class_counts(pools[s].labels, k)
+            hashes[s] = split_lib.split_hash(pools[s].ids)
+    if "train" not in counts:
+        raise DataError(f"{source.description}: the train split is empty")
+    if drop_remainder:
+        for s, n in counts.items():
+            if n < batch_size:
+                raise DataError(
+                    f"data.batch_size: the {s} split has {n} examples, fewer than the global batch size {batch_size}; "
+                    f"with static shapes (TPU) every batch must be full: lower data.batch_size or add data"
+                )
+    clip_max = 255.0 if source.eight_bit else None
+    out = {}
+    for i, s in enumerate(SPLITS):
+        if s not in counts:
+            out[s] = None
+            continue
+        is_train = s == "train"
+        ordered = not (is_train and shuffle)
+        ds = _element_dataset(source, pools[s], data, full_size, ordered)
+        out[s] = _finish(
+            ds,
+            s,
+            counts[s],
+            data,
+            ordered=ordered,
+            seed=int(recipe.seed) * 7 + i,
+            batch_size=batch_size,
+            drop_remainder=drop_remainder,
+            train_aug=is_train and augment and augment_lib.is_active(data.augment),
+            shuffle=is_train and shuffle,
+            clip_max=clip_max,
+            cache_tag=f"{hashes[s]}-{data.image_size[0]}x{data.image_size[1]}-{data.resize}-{data.channels}",
+        )
+    class_weights = split_lib.balanced_class_weights(class_counts["train"]) if data.class_weights else None
+    info = {
+        "source": source.description,
+        "split_hash": hashes,
+        "split_origin": {s: origin[s] for s in counts},
+        "skipped_files": skipped,
+        "ignored_files": source.ignored_files[:100],
+        "num_ignored_files": len(source.ignored_files),
+        "scan": {k_: v for k_, v in scan_result.items() if k_ != "bad"},
+        "batch_size": batch_size,
+        "drop_remainder": drop_remainder,
+        "augment": bool(augment and augment_lib.is_active(data.augment)),
+    }
+    return Datasets(
+        train=out["train"],
+        val=out["val"],
+        test=out["test"],
+        class_names=tuple(source.class_names),
+        counts=counts,
+        class_counts=class_counts,
+        class_weights=class_weights,
+        info=info,
+    )
