@@ -165,17 +165,30 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+UNREADABLE_CLAIM_GRACE_S = 60.0
+
+
 def _read_claim(path: str) -> Optional[dict]:
     try:
         return json.loads(read_text(path))
     except (OSError, ValueError):
-        return None  # half-written by a worker killed between create and write: treat as stale
+        return None
 
 
-def claim_is_stale(info: Optional[dict]) -> bool:
-    """A claim from a dead process on this host (or an unreadable claim)."""
+def _age(path: str) -> float:
+    try:
+        mtime = _gfile().stat(path).mtime_nsec / 1e9 if _remote(path) else os.path.getmtime(path)
+    except (OSError, Exception):  # noqa: BLE001 - gfile raises its own NotFoundError
+        return 0.0
+    return time.time() - mtime
+
+
+def claim_is_stale(info: Optional[dict], path: Optional[str] = None) -> bool:
+    """A claim from a dead process on this host, or one still unreadable after a grace period."""
     if info is None:
-        return True
+        # Between O_EXCL create and the write, a live worker's claim is empty for a moment;
+        # only a claim that stays unreadable (its writer was killed) is stale.
+        return path is not None and _age(path) > UNREADABLE_CLAIM_GRACE_S
     if info.get("host") != socket.gethostname():
         return False
     pid = info.get("pid")
@@ -199,7 +212,7 @@ def try_claim(workdir: str, run: Run, *, resume: bool, shard: str = "0/1") -> Tu
     if create_exclusive(path, text):
         return True, nonce
     info = _read_claim(path)
-    if not resume or not claim_is_stale(info):
+    if not resume or not claim_is_stale(info, path):
         who = f"{info.get('host')}:{info.get('pid')}" if info else "an unreadable claim"
         return False, f"claimed by {who}"
     if _remote(path):
@@ -246,10 +259,15 @@ def write_plan(workdir: str, plan: Plan) -> None:
     text = json.dumps(data, indent=2) + "\n"
     if create_exclusive(path, text):
         return
-    try:
-        old = json.loads(read_text(path))
-    except (OSError, ValueError):
-        raise WorkdirError(f"{path}: unreadable plan file; delete it if no worker is running this study") from None
+    old = None
+    for _ in range(50):  # another worker may be between creating plan.json and writing it
+        try:
+            old = json.loads(read_text(path))
+            break
+        except (OSError, ValueError):
+            time.sleep(0.1)
+    if old is None:
+        raise WorkdirError(f"{path}: unreadable plan file; delete it if no worker is running this study")
     if old.get("fingerprint") != data["fingerprint"]:
         raise WorkdirError(
             f"{workdir}: holds a different study plan (fingerprint {old.get('fingerprint')} != {data['fingerprint']}); "

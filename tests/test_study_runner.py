@@ -1,0 +1,208 @@
+"""Study runner: resume after interruption, shards, claims, concurrent workers (fake run_fn)."""
+
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from keras_tl.errors import UserError, WorkdirError
+from keras_tl.study import plan as plan_lib
+from keras_tl.study import runner
+
+BASE = """
+name: base
+data: {source: synthetic_galaxies, synthetic: {count: 100}, image_size: [32, 32]}
+model: {backbone: resnet50, weights: none}
+train:
+  phases:
+    - {trainable: head, epochs: 1}
+    - {trainable: all, epochs: 1}
+"""
+
+
+def make_plan(tmp_path, study="freeze: [head_only, from_conv4, all]\nseeds: 3\n"):
+    (tmp_path / "base.yaml").write_text(BASE)
+    path = tmp_path / "study.yaml"
+    path.write_text("extends: base.yaml\nname: s\nstudy:\n" + "".join("  " + line + "\n" for line in study.splitlines()))
+    return plan_lib.load_plan(str(path))
+
+
+class FakeTrain:
+    """Stands in for keras_tl.train.run: records calls, can fail on the n-th call."""
+
+    def __init__(self, fail_on=None):
+        self.calls, self.completed, self.fail_on = [], [], fail_on
+
+    def __call__(self, recipe, workdir):
+        self.calls.append(workdir)
+        if self.fail_on is not None and len(self.calls) == self.fail_on:
+            os.makedirs(workdir, exist_ok=True)  # a half-finished run dir, as a killed run leaves
+            raise RuntimeError("simulated crash")
+        self.completed.append(workdir)
+        return {"test": {"accuracy": 0.5, "loss": 1.0}, "val": {"accuracy": 0.5}, "history": {}, "images_seen": 10,
+                "wall_time": 0.1, "seed": recipe.seed}
+
+
+def test_runs_every_run_once_and_writes_records(tmp_path):
+    plan = make_plan(tmp_path)
+    wd = str(tmp_path / "wd")
+    fake = FakeTrain()
+    res = runner.run_plan(plan, wd, run_fn=fake, log=lambda s: None)
+    assert len(res.ran) == len(plan.runs) == 9
+    assert sorted(fake.completed) == sorted(runner.run_dir(wd, r) for r in plan.runs)
+    for r in plan.runs:
+        m = runner.load_metrics(wd, r)
+        assert m["seed"] == r.seed
+    assert json.load(open(os.path.join(wd, "plan.json")))["fingerprint"] == plan.fingerprint()
+    assert runner.status(plan, wd) == {"runs": 9, "done": 9, "running_or_stale": 0, "not_started": 0}
+
+
+def test_resume_after_interruption_runs_each_exactly_once(tmp_path):
+    plan = make_plan(tmp_path)
+    wd = str(tmp_path / "wd")
+    fake = FakeTrain(fail_on=4)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        runner.run_plan(plan, wd, run_fn=fake, log=lambda s: None)
+    assert len(fake.completed) == 3
+    with pytest.raises(WorkdirError, match="--resume"):
+        runner.run_plan(plan, wd, run_fn=fake, log=lambda s: None)
+    res = runner.run_plan(plan, wd, run_fn=fake, resume=True, log=lambda s: None)
+    assert len(res.skipped_done) == 3 and len(res.ran) == 6
+    assert sorted(fake.completed) == sorted(runner.run_dir(wd, r) for r in plan.runs)  # no duplicates, none lost
+    assert fake.calls.count(fake.calls[3]) == 2  # the crashed run was retried
+    again = FakeTrain()
+    res = runner.run_plan(plan, wd, run_fn=again, resume=True, log=lambda s: None)
+    assert again.calls == [] and len(res.skipped_done) == 9
+
+
+def test_keep_going_records_failure_and_resume_retries(tmp_path):
+    plan = make_plan(tmp_path)
+    wd = str(tmp_path / "wd")
+    fake = FakeTrain(fail_on=2)
+    res = runner.run_plan(plan, wd, run_fn=fake, keep_going=True, log=lambda s: None)
+    assert len(res.failed) == 1 and len(res.ran) == 8
+    failed = [r for r in plan.runs if r.key == res.failed[0]][0]
+    assert "simulated crash" in open(os.path.join(runner.run_dir(wd, failed), "study_error.txt")).read()
+    res = runner.run_plan(plan, wd, run_fn=fake, resume=True, log=lambda s: None)
+    assert res.ran == [failed.key]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 10])
+def test_shards_partition_the_plan(tmp_path, count):
+    plan = make_plan(tmp_path)
+    shards = [runner.shard_runs(plan, i, count) for i in range(count)]
+    keys = [r.key for s in shards for r in s]
+    assert sorted(keys) == sorted(r.key for r in plan.runs)
+    assert len(keys) == len(set(keys))
+    assert [r.key for r in runner.shard_runs(plan, 0, count)] == [r.key for r in shards[0]]  # deterministic
+
+
+def test_shards_share_a_workdir(tmp_path):
+    plan = make_plan(tmp_path)
+    wd = str(tmp_path / "wd")
+    fakes = [FakeTrain(), FakeTrain()]
+    for i in range(2):
+        runner.run_plan(plan, wd, run_fn=fakes[i], shard=(i, 2), log=lambda s: None)
+    assert sorted(fakes[0].completed + fakes[1].completed) == sorted(runner.run_dir(wd, r) for r in plan.runs)
+    assert not set(fakes[0].completed) & set(fakes[1].completed)
+
+
+def test_parse_shard():
+    assert runner.parse_shard("1/4") == (1, 4) and runner.parse_shard(None) == (0, 1)
+    for bad in ("4/4", "a/b", "1", "-1/2", "0/0"):
+        with pytest.raises(UserError, match="--shard"):
+            runner.parse_shard(bad)
+
+
+def _dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_claims_stale_local_taken_over_on_resume_live_and_remote_respected(tmp_path):
+    plan = make_plan(tmp_path, "freeze: [head_only, all]\nseeds: 1\n")
+    wd = str(tmp_path / "wd")
+    runner.write_plan(wd, plan)
+    stale, remote = plan.runs
+    with open(runner.claim_path(wd, stale), "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": _dead_pid(), "time": time.time(), "nonce": "x"}, f)
+    with open(runner.claim_path(wd, remote), "w") as f:
+        json.dump({"host": "some-other-machine", "pid": 1, "time": time.time(), "nonce": "y"}, f)
+    fake = FakeTrain()
+    with pytest.raises(WorkdirError, match="already started"):
+        runner.run_plan(plan, wd, run_fn=fake, log=lambda s: None)
+    res = runner.run_plan(plan, wd, run_fn=fake, resume=True, log=lambda s: None)
+    assert res.ran == [stale.key] and res.skipped_claimed == [remote.key]
+    claim = json.load(open(runner.claim_path(wd, stale)))
+    assert claim["pid"] == os.getpid() and claim["host"] == socket.gethostname()
+    # A claim held by a live process on this host is never taken over.
+    os.remove(runner.claim_path(wd, remote))
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with open(runner.claim_path(wd, remote), "w") as f:
+            json.dump({"host": socket.gethostname(), "pid": live.pid, "time": time.time(), "nonce": "z"}, f)
+        res = runner.run_plan(plan, wd, run_fn=fake, resume=True, log=lambda s: None)
+        assert res.skipped_claimed == [remote.key] and res.ran == []
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_other_plan_in_workdir_is_refused(tmp_path):
+    plan = make_plan(tmp_path)
+    wd = str(tmp_path / "wd")
+    runner.write_plan(wd, plan)
+    runner.write_plan(wd, plan)  # the same plan: fine
+    other = make_plan(tmp_path, "freeze: [head_only, all]\nseeds: 3\n")
+    with pytest.raises(WorkdirError, match="different study plan"):
+        runner.run_plan(other, wd, run_fn=FakeTrain(), log=lambda s: None)
+
+
+def _worker(plan_path, wd, log_path, barrier):
+    plan = plan_lib.load_plan(plan_path)
+
+    def run_fn(recipe, workdir):
+        with open(log_path, "a") as f:  # O_APPEND: lines from both workers interleave whole
+            f.write(workdir + "\n")
+        time.sleep(0.02)
+        return {"test": {"accuracy": 0.5}, "val": {}, "history": {}, "images_seen": 1, "wall_time": 0.0}
+
+    barrier.wait()
+    runner.run_plan(plan, wd, run_fn=run_fn, resume=True, log=lambda s: None)
+
+
+def test_concurrent_workers_without_shards_never_duplicate(tmp_path):
+    plan = make_plan(tmp_path, "freeze: [head_only, from_conv5, from_conv4, all]\nseeds: 4\n")
+    wd, log = str(tmp_path / "wd"), str(tmp_path / "calls.log")
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(3)
+    procs = [ctx.Process(target=_worker, args=(str(tmp_path / "study.yaml"), wd, log, barrier)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    calls = open(log).read().split()
+    assert sorted(calls) == sorted(runner.run_dir(wd, r) for r in plan.runs)
+
+
+def test_unreadable_claim_is_stale_only_after_grace(tmp_path):
+    plan = make_plan(tmp_path, "freeze: [head_only, all]\nseeds: 1\n")
+    wd = str(tmp_path / "wd")
+    runner.write_plan(wd, plan)
+    run = plan.runs[0]
+    path = runner.claim_path(wd, run)
+    open(path, "w").close()  # created by O_EXCL, not yet written (or its writer was killed)
+    fake = FakeTrain()
+    res = runner.run_plan(plan, wd, run_fn=fake, resume=True, log=lambda s: None)
+    assert res.skipped_claimed == [run.key]
+    old = time.time() - 2 * runner.UNREADABLE_CLAIM_GRACE_S
+    os.utime(path, (old, old))
+    res = runner.run_plan(plan, wd, run_fn=fake, resume=True, log=lambda s: None)
+    assert res.ran == [run.key]
