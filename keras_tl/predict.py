@@ -1,0 +1,177 @@
+"""Classify images with an exported model: ``python -m keras_tl.predict --model EXPORT_DIR IMAGE...``.
+
+Loads ``savedmodel/`` and ``labels.txt`` of a complete export (see keras_tl.export), reads each
+image (PNG/JPEG/.npy), resizes it the way training did (export.json records size, channels
+and resize mode) and prints one line per image: ``path<TAB>label prob<TAB>label prob ...``,
+top-k by probability. An unreadable image prints ``error: ...`` on stderr and the exit status
+is 2 (the other images are still classified).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from absl import app, flags
+
+from keras_tl.errors import DataError, UserError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "An export directory (a run's export/), local or gs://.")
+flags.DEFINE_integer("top_k", None, "How many classes to print per image (default: the export's top_k).", lower_bound=1)
+flags.DEFINE_integer("batch_size", 32, "Images per model call.", lower_bound=1)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".npy")
+
+
+class Predictor:
+    """A loaded export: ``predict(images [N, H, W, C] float32) -> probabilities [N, K]``."""
+
+    def __init__(self, export_dir: str):
+        import tensorflow as tf
+
+        from keras_tl import export
+
+        self.info = export.read_export(export_dir)
+        if not self.info.get("signature"):
+            raise UserError(f"{export_dir}: this export has no SavedModel (export.savedmodel was false); export again with export.savedmodel: true")
+        labels_path = export_dir.rstrip("/") + "/labels.txt"
+        with tf.io.gfile.GFile(labels_path, "r") as f:
+            self.labels = [line.rstrip("\n") for line in f if line.strip()]
+        if self.labels != list(self.info["class_names"]):
+            raise UserError(f"{labels_path}: does not match export.json's class_names; the export is damaged, export again")
+        inp = self.info["input"]
+        self.image_size = (int(inp["image_size"][0]), int(inp["image_size"][1]))
+        self.channels = int(inp["channels"])
+        self.resize_mode = inp.get("resize", "resize")
+        try:
+            loaded = tf.saved_model.load(export_dir.rstrip("/") + "/savedmodel")
+        except (OSError, tf.errors.OpError, ValueError) as e:
+            raise UserError(f"{export_dir}/savedmodel: cannot load the SavedModel ({type(e).__name__}); the export is damaged, export again") from None
+        self._loaded = loaded  # keeps the signature's variables alive
+        self._fn = loaded.signatures[self.info["signature"]]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        out = self._fn(pixels=tf.constant(np.asarray(images, np.float32)))
+        return next(iter(out.values())).numpy()
+
+    def top_k(self, probs: np.ndarray, k: int) -> List[List[Tuple[str, float]]]:
+        k = min(k, len(self.labels))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [[(self.labels[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+
+
+def resize(image, size: Tuple[int, int], mode: str):
+    """Resize like the training pipeline (keras_tl.data.pipeline.resize): ``resize`` bilinear,
+    ``pad`` keeps aspect and zero-pads, ``center_crop`` takes the central window at the
+    original scale."""
+    import tensorflow as tf
+
+    h, w = size
+    if mode == "resize":
+        image = tf.image.resize(image, (h, w))
+    elif mode == "pad":
+        image = tf.image.resize_with_pad(image, h, w)
+    elif mode == "center_crop":
+        image = tf.image.resize_with_crop_or_pad(image, h, w)
+    else:
+        raise UserError(f"export.json: unknown resize mode {mode!r}; valid: resize, pad, center_crop")
+    return tf.cast(image, tf.float32)
+
+
+def read_image(path: str, size: Tuple[int, int], channels: int, mode: str = "resize") -> np.ndarray:
+    """One image as float32 [H, W, C] in raw pixel units; DataError naming the file otherwise."""
+    import tensorflow as tf
+
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in IMAGE_EXTENSIONS:
+        raise DataError(f"{path}: unsupported file type {ext or '(none)'}; expected {', '.join(IMAGE_EXTENSIONS)}")
+    try:
+        if ext == ".npy":
+            with tf.io.gfile.GFile(path, "rb") as f:
+                arr = np.load(f, allow_pickle=False)
+            if arr.ndim == 2:
+                arr = arr[:, :, None]
+            if arr.ndim != 3 or not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+                raise DataError(f"{path}: array of shape {arr.shape} and dtype {arr.dtype}; expected real numbers shaped (H, W) or (H, W, C)")
+            if arr.shape[2] != channels:
+                raise DataError(f"{path}: {arr.shape[2]} channels, the model takes {channels}")
+            image = tf.constant(arr.astype(np.float32))
+        else:
+            if channels not in (1, 3, 4):
+                raise DataError(f"{path}: the model takes {channels} channels; PNG/JPEG hold 1, 3 or 4, pass a .npy array (H, W, {channels})")
+            with tf.io.gfile.GFile(path, "rb") as f:
+                data = f.read()
+            if not data:
+                raise DataError(f"{path}: empty file")
+            image = tf.cast(tf.io.decode_image(data, channels=channels, expand_animations=False), tf.float32)
+    except DataError:
+        raise
+    except (tf.errors.OpError, ValueError, OSError, EOFError) as e:
+        msg = e.message if isinstance(e, tf.errors.OpError) else str(e)
+        raise DataError(f"{path}: cannot read image: {' '.join(msg.split())[:200]}") from None
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise DataError(f"{path}: image has no pixels (shape {tuple(image.shape)})")
+    if tuple(image.shape[:2]) != tuple(size):
+        image = resize(image, size, mode)
+    out = image.numpy()
+    if not np.all(np.isfinite(out)):
+        raise DataError(f"{path}: contains NaN or infinite values")
+    return out
+
+
+def classify(predictor: Predictor, paths: Sequence[str], top_k: int, batch_size: int = 32):
+    """Yield ``(path, [(label, prob), ...], None)`` or ``(path, None, error message)`` per path, in order."""
+    pending: List[Tuple[str, Optional[np.ndarray], Optional[str]]] = []
+
+    def flush():
+        good = [img for _, img, err in pending if err is None]
+        tops = iter(predictor.top_k(predictor.predict(np.stack(good)), top_k) if good else ())
+        for p, _, err in pending:
+            yield (p, None, err) if err is not None else (p, next(tops), None)
+        pending.clear()
+
+    for path in paths:
+        try:
+            pending.append((path, read_image(path, predictor.image_size, predictor.channels, predictor.resize_mode), None))
+        except DataError as e:
+            pending.append((path, None, str(e)))
+        if len(pending) >= batch_size:
+            yield from flush()
+    yield from flush()
+
+
+def format_line(path: str, top: List[Tuple[str, float]]) -> str:
+    return "\t".join([path] + [f"{label} {prob:.4f}" for label, prob in top])
+
+
+def main(argv):
+    paths = argv[1:]
+    if not FLAGS.model:
+        print("error: --model is required, e.g. python -m keras_tl.predict --model runs/telescope/<run>/export image.png", file=sys.stderr)
+        sys.exit(2)
+    if not paths:
+        print("error: no images given; usage: python -m keras_tl.predict --model EXPORT_DIR [--top_k 5] IMAGE...", file=sys.stderr)
+        sys.exit(2)
+    try:
+        predictor = Predictor(FLAGS.model)
+    except UserError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
+    k = FLAGS.top_k or int(predictor.info.get("top_k", 5))
+    failed = 0
+    for path, top, err in classify(predictor, paths, k, FLAGS.batch_size):
+        if err is not None:
+            failed += 1
+            print(f"error: {' '.join(err.split())}", file=sys.stderr)
+        else:
+            print(format_line(path, top), flush=True)
+    sys.exit(2 if failed else 0)
+
+
+if __name__ == "__main__":
+    app.run(main)
