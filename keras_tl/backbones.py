@@ -154,7 +154,6 @@ _REGISTRY: Dict[str, Backbone] = {
         _resnet("resnet152", "ResNet152"),
         _resnet("resnet50v2", "ResNet50V2", v2=True),
         _resnet("resnet101v2", "ResNet101V2", v2=True),
-        _resnet("resnet152v2", "ResNet152V2", v2=True),
         _efficientnet("efficientnetb0", "EfficientNetB0", 1280),
         _MOBILENET_V3_SMALL,
         _convnext("convnext_tiny", "ConvNeXtTiny", 768),
@@ -209,7 +208,6 @@ _STAGE_OUTPUTS: Dict[str, Dict[str, str]] = {
     # downsampling sits in the last block of each stack), and conv5 ends in post_relu.
     "resnet50v2": {"conv1": "pool1_pool", "conv2": "conv2_block3_out", "conv3": "conv3_block4_out", "conv4": "conv4_block6_out", "conv5": "post_relu"},
     "resnet101v2": {"conv1": "pool1_pool", "conv2": "conv2_block3_out", "conv3": "conv3_block4_out", "conv4": "conv4_block23_out", "conv5": "post_relu"},
-    "resnet152v2": {"conv1": "pool1_pool", "conv2": "conv2_block3_out", "conv3": "conv3_block8_out", "conv4": "conv4_block36_out", "conv5": "post_relu"},
     "efficientnetb0": {"stem": "stem_activation", "block1": "block1a_project_bn", "block2": "block2b_add", "block3": "block3b_add", "block4": "block4c_add", "block5": "block5c_add", "block6": "block6d_add", "block7": "block7a_project_bn", "top": "top_activation"},
     "mobilenetv3small": {"stem": "conv_bn_activation", "block1": "expanded_conv_project_bn", "block2": "expanded_conv_2_add", "block3": "expanded_conv_7_add", "block4": "expanded_conv_10_add", "top": "conv_1_bn_activation"},
     "convnext_tiny": {"stem": "convnext_tiny_stem", "stage1": "convnext_tiny_stage_0_block_2_identity", "stage2": "convnext_tiny_stage_1_block_2_identity", "stage3": "convnext_tiny_stage_2_block_8_identity", "stage4": "convnext_tiny_stage_3_block_2_identity_layer_normalization"},
