@@ -38,7 +38,8 @@ class RecipeError(UserError):
     def __init__(self, message: str = ""):
         # Keys, values and file names come from the user and may hold newlines or
         # terminal control characters; the CLIs promise exactly one printable line.
-        super().__init__(_printable(str(message)))
+        text = _printable(str(message))
+        super().__init__(text if len(text) <= 1000 else text[:997] + "...")
 
 
 def _printable(text: str) -> str:
@@ -261,14 +262,20 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-# YAML 1.1 reads 1e-4 (no dot, or no exponent sign) as a string, so `lr: 1e-4` would
-# fail as "expected a number"; accept it as a float, as YAML 1.2 and JSON do.
+# Numbers as YAML 1.2 and JSON read them. YAML 1.1 reads 1e-4 as a string (so `lr: 1e-4`
+# failed), 0123 as octal 83, 1:30 as 90 (base 60); and 2024-13-45 as a date that crashes.
+# Here 1e-4 is a float, 0123 and 1:30 are strings (a loud type error in a number field),
+# and recipes hold no dates.
 _EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
-# Recipes hold no dates: `name: 2024-01-01` stays a string, and 2024-13-45 is no crash.
+_INT = re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$")
+_FLOAT = re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+_NUMBER_TAGS = ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 _StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _NUMBER_TAGS]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 _StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+0123456789."))
 
 
@@ -383,6 +390,8 @@ def load_raw(path: str, _stack: Tuple[str, ...] = ()) -> dict:
         base_path = os.path.join(os.path.dirname(os.path.abspath(path)), base_ref)
     if not base_path.startswith("gs://") and not os.path.lexists(base_path):
         raise RecipeError(f"{path}: extends: {base_ref}: recipe file not found (looked for {base_path})")
+    if not base_path.startswith("gs://") and os.path.isdir(base_path):
+        raise RecipeError(f"{path}: extends: {base_ref}: is a directory, expected a recipe .yaml file")
     base = load_raw(base_path, _stack + (key,))
     return _deep_merge(base, raw)
 
@@ -820,8 +829,9 @@ def validate(recipe: Recipe, where: str = "<recipe>") -> None:
             fail("data.channels", f"synthetic uint8 images are RGB (3 channels), got {d.channels}; set data.synthetic.output: float for other band counts")
     try:
         entry = backbones.get(m.backbone)
-    except KeyError as e:
-        fail("model.backbone", e.args[0])
+    except KeyError:
+        close = difflib.get_close_matches(m.backbone.lower(), backbones.names(), n=1)
+        fail("model.backbone", f"unknown backbone {_short(m.backbone)}{f' (did you mean {close[0]}?)' if close else ''}; valid: {', '.join(backbones.names())}")
     if m.cut_after is not None and m.cut_after not in entry.stages:
         fail("model.cut_after", f"unknown stage {m.cut_after!r} for {m.backbone}; valid: {', '.join(entry.stages)}")
     stages = stage_list(recipe)

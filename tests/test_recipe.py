@@ -100,6 +100,13 @@ def test_off_and_exponent_floats_read_as_meant(tmp_path):
     assert r.train.phases[0].lr == pytest.approx(1e-4) and r.train.phases[0].weight_decay == pytest.approx(5e-5)
 
 
+def test_yaml11_number_surprises_are_loud(tmp_path):
+    assert "data.split_seed: expected an integer, got '0123'" in error_of(load_text, tmp_path, "data: {split_seed: 0123}\n")
+    assert "data.batch_size: expected an integer, got '1:30'" in error_of(load_text, tmp_path, "data: {batch_size: 1:30}\n")
+    r = load_text(tmp_path, "name: '1:30'\nmodel: {weights: none}\ndata: {split_seed: 0, batch_size: +8, augment: {noise: .5}}\n")
+    assert (r.name, r.data.split_seed, r.data.batch_size, r.data.augment.noise) == ("1:30", 0, 8, 0.5)
+
+
 def test_dates_stay_strings_and_duplicate_keys_fail(tmp_path):
     assert load_text(tmp_path, "name: 2024-01-01\nmodel: {weights: none}\n").name == "2024-01-01"
     assert "duplicate key 'seed'" in error_of(load_text, tmp_path, "seed: 1\nseed: 2\n")
@@ -250,7 +257,7 @@ def test_valid_recipe_passes():
         (["data.augment.random_resized_crop=[0.9, 0.5]"], "data.augment.random_resized_crop", "0 < min <= max <= 1"),
         (["data.channels=4"], "data.channels", "synthetic uint8 images are RGB"),
         (["data.val_fraction=0"], "data.val_fraction", "no validation split"),
-        (["model.backbone=resnet1O1"], "model.backbone", "unknown backbone 'resnet1O1'; valid:"),
+        (["model.backbone=resnet1O1"], "model.backbone", "unknown backbone 'resnet1O1' (did you mean resnet101?); valid: resnet50,"),
         (["model.cut_after=conv9"], "model.cut_after", "unknown stage 'conv9' for resnet101"),
         (["model.reinit=[conv6]"], "model.reinit.0", "unknown stage 'conv6'"),
         (["model.weights=imagenet", "model.cut_after=conv3", "model.reinit=[conv5]"], "model.reinit.0", "removed by model.cut_after"),
