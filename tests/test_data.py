@@ -264,6 +264,11 @@ def test_file_cache(tmp_path):
     assert any(n.startswith("run.train.") for n in os.listdir(tmp_path / "cache"))
     x2, _ = stack(build_datasets(r, shuffle=False).train)
     assert np.array_equal(x1, x2)
+    r2 = dataclasses.replace(r, data=dataclasses.replace(r.data, cache=str(tmp_path / "cache" / "other")))
+    half = iter(build_datasets(r2, shuffle=False, global_batch_size=1).train)
+    next(half)  # a run killed while writing the cache leaves a lock file behind
+    with pytest.raises(DataError, match=r"data.cache: lock file .*other\.train\..*\.lockfile exists"):
+        build_datasets(r2)
 
 
 # ---------------------------------------------------------------------- tfds

@@ -329,6 +329,12 @@ def _finish(ds, split, n, data, *, ordered, seed, batch_size, drop_remainder, tr
         parent = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         if parent and not tf.io.gfile.exists(parent):
             tf.io.gfile.makedirs(parent)
+        locks = tf.io.gfile.glob(prefix + "*.lockfile")
+        if locks:
+            raise DataError(
+                f"data.cache: lock file {locks[0]} exists: another run is writing this cache, or a killed run left it; "
+                f"delete it if no run is using {data.cache}"
+            )
         ds = ds.cache(prefix)
     if shuffle:
         ds = ds.shuffle(min(data.shuffle_buffer, max(n, 1)), seed=seed, reshuffle_each_iteration=True)
