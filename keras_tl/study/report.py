@@ -308,7 +308,7 @@ def verdict_paragraph(study: dict) -> str:
     if not comps:
         return prefix + "No comparison against the baseline is possible yet: no arm has paired finished runs with its baseline."
     if len(comps) <= 4:
-        return prefix + f"On {metric}: " + " ".join(comparison_clause(study, c) for c in comps)
+        return prefix + f"On {metric}: " + " ".join(comparison_clause(study, c) for c in comps) + crossover_sentence(study)
     counts = {v: sum(1 for c in comps if c["verdict"] == v) for v in (stats.BETTER, stats.WORSE, stats.NO_EVIDENCE)}
     text = (f"On {metric}, of {len(comps)} comparisons against the baseline, {counts[stats.BETTER]} show a better arm, "
             f"{counts[stats.WORSE]} a worse arm and {counts[stats.NO_EVIDENCE]} no evidence of a difference at this budget.")
@@ -327,7 +327,26 @@ def verdict_paragraph(study: dict) -> str:
     kinds = [bool(better), bool(worse), bool(none_)]
     for c, label in zip(picks, [lab for lab, k in zip(labels, kinds) if k]):
         text += f" {label}{comparison_clause(study, c)}"
-    return prefix + text
+    return prefix + text + crossover_sentence(study)
+
+
+def crossover_clause(x: dict) -> str:
+    where = f" ({x['context']})" if x["context"] else ""
+    if x.get("fraction") is None:
+        return f"{x['a']} vs {x['b']}{where}: the gap does not close within the data sizes studied"
+    hi = f"{x['fraction_hi'] * 100:.3g}%" if x.get("fraction_hi") else "beyond the largest size"
+    images = f", ~{x['images']:,} training images" if x.get("images") else ""
+    return (f"{x['a']} vs {x['b']}{where}: the gap closes at ~{x['fraction'] * 100:.3g}% of the data "
+            f"(95% CI {x['fraction_lo'] * 100:.3g}% to {hi}{images})")
+
+
+def crossover_sentence(study: dict) -> str:
+    cross = [x for x in study["crossovers"] if x.get("n_seeds", 0) >= 2]
+    if not cross:
+        return ""
+    shown = cross[:3]
+    more = f"; {len(cross) - 3} more in the table below" if len(cross) > 3 else ""
+    return " Data size: " + "; ".join(crossover_clause(x) for x in shown) + more + "."
 
 
 # ------------------------------------------------------------------ plots
@@ -356,6 +375,7 @@ def make_plots(study: dict) -> Dict[str, bytes]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker.MaxNLocator below)
 
     sc = study["scale"]
     ylabel = f"{study['split']} {study['metric']}" + (" (%)" if sc == 100 else "")
@@ -396,11 +416,13 @@ def make_plots(study: dict) -> Dict[str, bytes]:
                 _band(ax, x, [{k: (p[k] * sc if p[k] is not None else None) for k in ("mean", "lo", "hi")} for p in band], key)
             ax.set_title(a["label"], fontsize=7)
             ax.tick_params(labelsize=7)
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(shown):]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=6)
         fig.supxlabel("epoch", fontsize=8)
+        fig.tight_layout()
         out["training_curves"] = _fig_png(fig)
     comps = [c for c in study["comparisons"] if c.get("mean") is not None]
     if comps:
@@ -451,7 +473,7 @@ def _comparison_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
 
 
 def _crossover_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
-    head = ["arms", "at", "catch-up data fraction", "95% CI", "training images", "resamples crossing"]
+    head = ["arms", "at", "data fraction where the difference reaches 0", "95% CI", "training images", "resamples crossing"]
     rows = []
     for x in study["crossovers"]:
         if x.get("fraction") is None:
@@ -495,7 +517,7 @@ def _sections(study: dict) -> List[Tuple[str, str, Any]]:
     for key in PLOTS:
         secs.append(("plot", PLOT_TITLES[key], key))
     if study["crossovers"]:
-        secs.append(("table", "Where the baseline catches up (interpolated in log data size)", _crossover_rows(study)))
+        secs.append(("table", "Where the gap closes along data size (interpolated in log size)", _crossover_rows(study)))
     if study.get("probe") is not None:
         secs.append(("table", "Probes and CKA (probe.json)", (["key", "value"], [list(r) for r in _flatten(study["probe"])[:300]])))
     secs.append(("table", "Methods", (["what", "how"], [[k, v] for k, v in study["methods"].items()])))

@@ -1,0 +1,184 @@
+"""Study report from fake results: every section, plots, numbers equal to study.json; end to end."""
+
+import base64
+import html
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from keras_tl.study import plan as plan_lib
+from keras_tl.study import report, runner, stats
+
+BASE = """
+name: base
+data: {source: synthetic_galaxies, synthetic: {count: 1000}, image_size: [32, 32], val_fraction: 0.1, test_fraction: 0.1}
+model: {backbone: resnet50, weights: none}
+train:
+  phases:
+    - {trainable: head, epochs: 1}
+    - {trainable: all, epochs: 2}
+"""
+STUDY = """
+  init: [imagenet, none]
+  freeze: [head_only, all]
+  data_fraction: [0.1, 0.3, 1.0]
+  seeds: 5
+  baseline: {init: none}
+"""
+# True effect of imagenet over scratch by data fraction: large, smaller, gone (scratch catches up).
+EFFECT = {0.1: 0.10, 0.3: 0.05, 1.0: -0.02}
+
+
+def make_plan(tmp_path, study=STUDY):
+    (tmp_path / "base.yaml").write_text(BASE)
+    (tmp_path / "study.yaml").write_text("extends: base.yaml\nname: fake_study\nstudy:" + study)
+    return plan_lib.load_plan(str(tmp_path / "study.yaml"))
+
+
+def fake_results(plan, skip=()):
+    rng = np.random.default_rng(0)
+    luck = rng.normal(0, 0.02, plan.study.seeds)
+    out = {}
+    for run in plan.runs:
+        if run.key in skip:
+            continue
+        v = plan.arm(run.arm_id).values
+        acc = 0.6 + 0.15 * v["data_fraction"] + (0.03 if v["freeze"] == "all" else 0.0) + luck[run.seed]
+        if v["init"] == "imagenet":
+            acc += EFFECT[v["data_fraction"]]
+        acc += rng.normal(0, 0.005)
+        out[run.key] = {"test": {"accuracy": acc, "loss": 1 - acc}, "val": {"accuracy": acc - 0.01, "loss": 1.0},
+                        "history": {"accuracy": [acc - 0.2, acc - 0.1, acc], "val_accuracy": [acc - 0.25, acc - 0.1, acc - 0.01]},
+                        "images_seen": 100 * v["data_fraction"], "wall_time": 2.0}
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    plan = make_plan(tmp)
+    (tmp / "wd").mkdir()
+    (tmp / "wd" / "probe.json").write_text(json.dumps({"stages": {"conv4": {"linear_probe_accuracy": 0.71}}, "cka": {"conv5": 0.42}}))
+    study = report.analyze(plan, fake_results(plan), probe=report.load_probe(str(tmp / "wd")))
+    paths = report.write_report(study, str(tmp / "wd"))
+    return plan, study, paths
+
+
+def test_statistics_find_the_planted_effects(built):
+    plan, study, _ = built
+    by = {(c["values"]["freeze"], c["values"]["data_fraction"]): c for c in study["comparisons"]}
+    assert len(by) == 6
+    for freeze in ("head_only", "all"):
+        assert by[(freeze, 0.1)]["verdict"] == stats.BETTER
+        assert by[(freeze, 0.1)]["ci_lo"] < 0.10 < by[(freeze, 0.1)]["ci_hi"]
+        assert by[(freeze, 0.1)]["a"] == "imagenet" and by[(freeze, 0.1)]["b"] == "scratch"
+    cross = study["crossovers"]
+    assert len(cross) == 2
+    for x in cross:
+        # Planted: +5 points at 0.3, -2 at 1.0 → crossing near 10**(log10(0.3) + 5/7 * log10(1/0.3)).
+        assert x["fraction"] == pytest.approx(10 ** (np.log10(0.3) + 5 / 7 * np.log10(1 / 0.3)), rel=0.15)
+        assert x["fraction_lo"] <= x["fraction"] <= (x["fraction_hi"] or 1.0)
+        assert x["images"] == pytest.approx(x["fraction"] * 800, abs=1)
+    assert f"the gap closes at ~{cross[0]['fraction'] * 100:.3g}% of the data" in study["verdict"]
+    arm = study["arms"][0]
+    assert arm["images_seen"]["mean"] > 0 and arm["wall_time"]["total"] == pytest.approx(10.0)
+    assert study["runs_done"] == study["runs_total"] == 60
+
+
+def test_report_has_every_section(built):
+    _, study, paths = built
+    page = open(paths["html"]).read()
+    first_p = re.search(r"<p[^>]*>(.*?)</p>", page, re.S)
+    assert "id='verdict'" in first_p.group(0)
+    assert html.unescape(first_p.group(1)) == study["verdict"]
+    for key in report.PLOTS:
+        m = re.search(rf"<img id='plot-{key}'[^>]*src='data:image/png;base64,([^']+)'", page)
+        assert m, key
+        assert base64.b64decode(m.group(1))[:8] == b"\x89PNG\r\n\x1a\n"
+    for title in ("Arms", "Comparisons against the baseline", "Where the gap closes along data size", "Probes and CKA", "Methods"):
+        assert f"<h2>{html.escape(title)}" in page
+    assert "linear_probe_accuracy" in page
+    assert not re.search(r"(src|href)=['\"]https?:", page)  # self-contained
+    md = open(paths["md"]).read()
+    assert md.splitlines()[2] == study["verdict"]
+    for key in report.PLOTS:
+        assert f"(plots/{key}.png)" in md
+        assert os.path.getsize(os.path.join(os.path.dirname(paths["md"]), "plots", f"{key}.png")) > 1000
+
+
+def test_numbers_in_report_match_study_json(built):
+    _, study, paths = built
+    saved = json.load(open(paths["json"]))
+    assert saved["comparisons"] == json.loads(json.dumps(study["comparisons"]))
+    page = html.unescape(open(paths["html"]).read())
+    md = open(paths["md"]).read()
+    for c in saved["comparisons"]:
+        diff = f"{c['mean'] * 100:+.1f}"
+        ci = f"{c['ci_lo'] * 100:+.1f} to {c['ci_hi'] * 100:+.1f}"
+        row = re.search(rf"<td>{re.escape(c['context'])}</td><td>{c['n']}</td><td>([^<]*)</td><td>([^<]*)</td>", page)
+        assert row and row.group(1) == diff and row.group(2) == ci
+        assert f"| {c['context']} | {c['n']} | {diff} | {ci} |" in md
+    for a in saved["arms"]:
+        assert f"<td>{a['label']}</td><td>5</td><td>{a['mean'] * 100:.1f}</td>" in page
+    # The verdict paragraph quotes the comparison numbers exactly.
+    best = max((c for c in saved["comparisons"] if c["verdict"] == "better"), key=lambda c: c["mean"])
+    assert f"by {best['mean'] * 100:+.1f} points (95% CI {best['ci_lo'] * 100:+.1f} to {best['ci_hi'] * 100:+.1f}, " \
+           f"P(better)={best['p_better']:.2f}, 5 seeds)" in saved["verdict"]
+
+
+def test_small_study_verdict_lists_each_comparison_and_aa_is_no_evidence(tmp_path):
+    plan = make_plan(tmp_path, "\n  init: [imagenet, none]\n  seeds: 5\n  baseline: {init: none}\n")
+    results = {}
+    rng = np.random.default_rng(1)
+    for run in plan.runs:  # A/A: both arms draw from the same distribution
+        results[run.key] = {"test": {"accuracy": 0.7 + rng.normal(0, 0.02)}, "val": {}, "history": {}}
+    study = report.analyze(plan, results)
+    (c,) = study["comparisons"]
+    assert c["verdict"] == stats.NO_EVIDENCE
+    assert study["verdict"].startswith("On test accuracy: imagenet vs scratch: no evidence of a difference at this budget")
+    paths = report.write_report(study, str(tmp_path / "out"))
+    page = open(paths["html"]).read()
+    assert "Not applicable: the study does not vary data_fraction" in page
+    assert "Probes and CKA" not in page
+
+
+def test_partial_results_are_labelled(tmp_path):
+    plan = make_plan(tmp_path)
+    skip = {r.key for r in plan.runs if r.seed == 4}
+    study = report.analyze(plan, fake_results(plan, skip))
+    assert study["verdict"].startswith("PARTIAL RESULTS (48 of 60 runs finished).")
+    assert all(c["n"] == 4 for c in study["comparisons"])
+
+
+def test_lr_grid_picks_on_validation(tmp_path):
+    plan = make_plan(tmp_path, "\n  init: [imagenet, none]\n  seeds: 2\n  lr_grid: [0.01, 0.001]\n")
+    results = {}
+    for run in plan.runs:
+        good = run.lr == 0.001
+        # Validation prefers lr 0.001; test would prefer 0.01 — the pick must use validation.
+        results[run.key] = {"test": {"accuracy": 0.5 if good else 0.9}, "val": {"accuracy": 0.8 if good else 0.6}, "history": {}}
+    study = report.analyze(plan, results)
+    for a in study["arms"]:
+        assert a["lr_picked"] == 0.001 and a["mean"] == pytest.approx(0.5)
+
+
+def test_end_to_end_smoke_study_with_real_training(tmp_path):
+    """Two arms × two seeds through keras_tl.train.run on a tiny model (skipped if pieces are missing)."""
+    pytest.importorskip("keras_tl.train")
+    pytest.importorskip("keras_tl.model")
+    pytest.importorskip("keras_tl.data")
+    smoke = os.path.join(os.path.dirname(__file__), "..", "recipes", "study_smoke.yaml")
+    if not os.path.exists(os.path.join(os.path.dirname(smoke), "smoke.yaml")):
+        pytest.skip("recipes/smoke.yaml not written yet")
+    plan = plan_lib.load_plan(smoke, ["data.synthetic.count=60", "data.image_size=[32,32]", "data.batch_size=16",
+                                      "export.savedmodel=false", "export.verify=false", "train.tensorboard=false"])
+    wd = str(tmp_path / "study")
+    res = runner.run_plan(plan, wd, log=lambda s: None)
+    assert len(res.ran) == 4
+    paths = report.build_report(plan, wd)
+    study = json.load(open(paths["json"]))
+    assert study["runs_done"] == 4 and len(study["comparisons"]) == 1
+    assert study["comparisons"][0]["n"] == 2
