@@ -152,9 +152,11 @@ def _tpu_strategy(name: Optional[str], zone: Optional[str], project: Optional[st
     """Connect to and initialise the TPU system; any failure → DistributeError within seconds."""
     import tensorflow as tf
 
-    how = "set train.tpu.name (--set train.tpu.name=local on a Cloud TPU VM, or the TPU node name with train.tpu.zone and train.tpu.project), or use train.distribute: auto/default without a TPU"
+    how = "set train.tpu.name (--set train.tpu.name=local on a Cloud TPU VM, or the TPU node name with train.tpu.zone and train.tpu.project); without a TPU use train.distribute: default and no train.tpu.name"
     if not name:
         raise DistributeError(f"train.distribute: tpu but train.tpu.name is not set; {how}")
+    if name == "local":  # zone/project describe a TPU node; a TPU VM's own chips need neither
+        zone = project = None
     tried = f"TPU {name!r}" + (f" zone={zone}" if zone else "") + (f" project={project}" if project else "")
     if name == "local":
         # On a TPU VM the chips appear as /dev/accel* (v2-v4) or /dev/vfio/* (v5+); without

@@ -118,6 +118,17 @@ def test_tpu_without_tpu_is_a_quick_user_error(tpu, flags, match):
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
+def test_tpu_recipe_loads_and_fails_fast_without_tpu():
+    from keras_tl import recipe as recipe_lib
+
+    r = recipe_lib.load(os.path.join(REPO, "recipes", "tpu_resnet101.yaml"))
+    assert (r.train.distribute, r.train.precision, r.data.batch_size, r.model.backbone) == ("tpu", "mixed_bfloat16", 1024, "resnet101")
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match="no TPU devices"):
+        distribute.setup(r, tpu_flags={"name": "local"})
+    assert time.monotonic() - t0 < 15
+
+
 def test_tpu_flags_reject_unknown_key():
     with pytest.raises(UserError, match="unknown key 'nmae'"):
         distribute.setup(recipe(distribute="tpu"), tpu_flags={"nmae": "x"})
