@@ -1,0 +1,127 @@
+"""build_model: preprocessing vs Keras, layer contract, outputs, mixed precision, cut, reinit, sub-models."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_tl import backbones, model as M, recipe as R, weights as W
+from keras_tl.errors import UserError
+
+X = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+
+
+def make_recipe(backbone="mobilenetv3small", weights="none", channels=3, **model):
+    return R.from_dict({"name": "t", "data": {"image_size": [32, 32], "channels": channels, "synthetic": {"output": "float"}},
+                        "model": {"backbone": backbone, "weights": weights, **model}})
+
+
+KERAS_PREPROCESS = {
+    "resnet50": keras.applications.resnet.preprocess_input,
+    "resnet101": keras.applications.resnet.preprocess_input,
+    "resnet50v2": keras.applications.resnet_v2.preprocess_input,
+    "densenet121": keras.applications.densenet.preprocess_input,
+    "efficientnetb0": keras.applications.efficientnet.preprocess_input,
+    "mobilenetv3small": keras.applications.mobilenet_v3.preprocess_input,
+    "convnext_tiny": keras.applications.convnext.preprocess_input,
+}
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PREPROCESS))
+def test_preprocess_matches_keras_preprocess_input(name):
+    entry = backbones.get(name)
+    ours = np.asarray(M.Preprocess(entry.preprocess, 3, name)(X))
+    theirs = np.asarray(KERAS_PREPROCESS[name](X.copy()))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+    if entry.preprocess != "none":
+        assert not np.allclose(ours, X)  # a test that could not tell identity apart would be useless
+
+
+def test_preprocess_other_channel_counts():
+    x = np.full((1, 2, 2, 5), 200.0, "float32")
+    np.testing.assert_allclose(M.Preprocess("caffe", 5)(x), 200.0 - np.mean(M.CAFFE_MEAN_BGR), rtol=1e-6)
+    np.testing.assert_allclose(M.Preprocess("tf", 5)(x), 200.0 / 127.5 - 1, rtol=1e-6)
+    np.testing.assert_allclose(M.Preprocess("torch", 5)(x), (200 / 255 - np.mean(M.TORCH_MEAN_RGB)) / np.mean(M.TORCH_STD_RGB), rtol=1e-5)
+    with pytest.raises(UserError):
+        M.Preprocess("bgr")
+
+
+def test_layer_contract_and_head():
+    r = make_recipe(head=[{"units": 16, "batch_norm": True, "dropout": 0.2, "l2": 1e-4}, {"units": 8}], head_dropout=0.3)
+    m = M.build_model(r, 5)
+    assert [l.name for l in m.layers] == ["pixels", "preprocess", "backbone", "pool", "head_dense_0", "head_bn_0", "head_activation_0",
+                                          "head_dropout_0", "head_dense_1", "head_dropout", "predictions"]
+    assert m.input.dtype == "float32" and tuple(m.input.shape[1:]) == (32, 32, 3)
+    assert m.get_layer("head_dense_0").kernel_regularizer is not None
+    p = np.asarray(m(X))
+    assert p.shape == (2, 5)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_outputs_binary_multilabel_and_pooling():
+    binary = M.build_model(make_recipe(output="binary"), 2)
+    assert binary.output.shape[-1] == 1 and binary.get_layer("predictions").activation.__name__ == "sigmoid"
+    with pytest.raises(UserError, match="binary needs exactly 2 classes"):
+        M.build_model(make_recipe(output="binary"), 3)
+    multi = M.build_model(make_recipe(output="multilabel", pooling="flatten"), 4)
+    assert multi.get_layer("predictions").activation.__name__ == "sigmoid"
+    assert isinstance(multi.get_layer("pool"), keras.layers.Flatten)
+    assert isinstance(M.build_model(make_recipe(pooling="max"), 3).get_layer("pool"), keras.layers.GlobalMaxPooling2D)
+
+
+def test_float32_output_under_mixed_precision():
+    before = keras.mixed_precision.global_policy().name
+    try:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        m = M.build_model(make_recipe(head=[{"units": 8}]), 3)
+        assert m.get_layer("head_dense_0").compute_dtype == "float16"
+        assert m.output.dtype == "float32"
+        assert np.asarray(m(X)).dtype == np.float32
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
+def test_cut_after_drops_later_stages():
+    m = M.build_model(make_recipe("resnet50", cut_after="conv4"), 3)
+    bb = m.get_layer("backbone")
+    stages = {backbones.stage_of("resnet50", l.name) for l in bb.layers}
+    assert "conv5" not in stages and "conv4" in stages
+    assert bb.layers[-1].name == "conv4_block6_out" and bb.output.shape[-1] == 1024
+    assert set(M.stage_model(m)(X)) == {"conv1", "conv2", "conv3", "conv4"}
+
+
+def test_reinit_changes_exactly_the_named_stages(tmp_path):
+    src = backbones.build_backbone("mobilenetv3small", (32, 32, 3))
+    rng = np.random.default_rng(0)
+    for l in src.layers:
+        if l.weights:
+            l.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(w.dtype) for w in l.get_weights()])
+    path = str(tmp_path / "src.weights.h5")
+    W.save_backbone_weights(src, path, backbone="mobilenetv3small")
+    keras.utils.set_random_seed(0)
+    m = M.build_model(make_recipe(weights=path, reinit=["block4", "top"]), 3)
+    bb = m.get_layer("backbone")
+    changed, kept = 0, 0
+    for l in src.layers:
+        if not l.weights:
+            continue
+        stage = backbones.stage_of("mobilenetv3small", l.name)
+        for a, b in zip(l.get_weights(), bb.get_layer(l.name).get_weights()):
+            if stage in ("block4", "top"):
+                assert not np.array_equal(a, b), l.name
+                changed += 1
+            else:
+                np.testing.assert_array_equal(a, b)
+                kept += 1
+    assert changed > 10 and kept > 10
+
+
+def test_sub_models_share_layers():
+    m = M.build_model(make_recipe(head=[{"units": 8}]), 3)
+    feats = M.feature_extractor(m)(X)
+    assert feats.shape == (2, backbones.get("mobilenetv3small").feature_width)
+    np.testing.assert_allclose(M.head_model(m)(feats), m(X), rtol=1e-5, atol=1e-6)
+    stages = M.stage_model(m)(X)
+    assert list(stages) == list(backbones.get("mobilenetv3small").stages)
+    np.testing.assert_allclose(np.asarray(stages["top"]).mean(axis=(1, 2)), feats, rtol=1e-5, atol=1e-5)
+    head = M.head_model(m)
+    assert head.get_layer("head_dense_0") is m.get_layer("head_dense_0")
