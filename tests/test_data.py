@@ -199,6 +199,7 @@ def test_bad_files_skip(bad_folder):
     reasons = {os.path.basename(b["path"]): b["reason"] for b in result["bad"]}
     assert set(reasons) == {"zz_empty.png", "zz_trunc.png", "zz_text.png"}
     assert "truncated" in reasons["zz_trunc.png"] and "not an image" in reasons["zz_text.png"]
+    assert result["skipped_files"] == result["bad"] and result["checked"] == 13
     d = build_datasets(r)
     assert d.counts["train"] + d.counts["val"] == 10
     assert len(d.info["skipped_files"]) == 3

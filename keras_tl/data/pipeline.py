@@ -213,13 +213,14 @@ def _scan_source(source: Source, data) -> dict:
             f"data.path: bad file {first['path']}: {first['reason']} ({len(result['bad'])} bad of {len(paths)} files); "
             f"fix or remove it, or set data.on_bad_file: skip to drop bad files (they are listed in run.json)"
         )
-    return result
+    return {**result, "skipped_files": list(result["bad"])}
 
 
 def scan(recipe) -> dict:
     """Decode every file of a directory source once, before training.
 
-    Returns ``{"checked": n, "bad": [{"path", "reason"}], "seconds": s}``. With
+    Returns ``{"checked": n, "bad": [{"path", "reason"}], "skipped_files": (same list),
+    "seconds": s}``. With
     ``data.on_bad_file: error`` any bad file raises DataError naming the first one
     and the count; with ``skip`` they are returned (build_datasets drops them).
     TFDS and synthetic sources are not scanned (``checked`` is 0).
@@ -433,7 +434,7 @@ def build_datasets(
         "skipped_files": skipped,
         "ignored_files": source.ignored_files[:100],
         "num_ignored_files": len(source.ignored_files),
-        "scan": {k_: v for k_, v in scan_result.items() if k_ != "bad"},
+        "scan": {k_: v for k_, v in scan_result.items() if k_ not in ("bad", "skipped_files")},
         "batch_size": batch_size,
         "drop_remainder": drop_remainder,
         "augment": bool(augment and augment_lib.is_active(data.augment)),
