@@ -1,0 +1,215 @@
+"""Per-stage pooled features and BN-input statistics from one forward pass, cached on disk.
+
+A *tap model* maps raw pixels to the global-average-pooled output of every stage of the nested
+backbone and, optionally, to per-example moments of every BatchNormalization layer's input. One
+pass over a split therefore yields everything the probes and the domain-gap measure need. The
+result is stored as one ``.npz`` per cache key; a later call with the same key does no forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Dict, Iterable, Mapping, Optional, Tuple
+
+import numpy as np
+
+FORMAT_VERSION = 1
+# Incremented by every real forward pass over a split, so tests can prove a cache hit did none.
+FORWARD_PASSES = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Taps:
+    """Where to read a backbone: stage names in order, the backbone layer ending each stage, and
+    the BatchNormalization layers with the stage each belongs to (None: outside every stage)."""
+
+    stages: Tuple[str, ...]
+    stage_layers: Tuple[str, ...]
+    bn_layers: Tuple[str, ...] = ()
+    bn_stages: Tuple[Optional[str], ...] = ()
+
+
+@dataclasses.dataclass
+class SplitFeatures:
+    """One split: labels [N], pooled features per stage [N, C_s] and, when tapped, the BN-input
+    mean and variance per channel over the whole split (name → (mean [C], var [C]))."""
+
+    labels: np.ndarray
+    stages: Dict[str, np.ndarray]
+    bn: Optional[Dict[str, Tuple[np.ndarray, np.ndarray]]] = None
+
+    @property
+    def count(self) -> int:
+        return int(len(self.labels))
+
+
+def taps_for(model, entry) -> Taps:
+    """The taps of a keras_tl model built from registry ``entry`` (stages present after a cut)."""
+    import keras
+
+    from keras_tl import backbones
+
+    bb = model.get_layer("backbone")
+    present = {layer.name for layer in bb.layers}
+    stages, stage_layers = [], []
+    for stage in entry.stages:
+        name = backbones.stage_output_layer(entry, stage)
+        if name in present:
+            stages.append(stage)
+            stage_layers.append(name)
+    bns = [layer.name for layer in bb.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    return Taps(tuple(stages), tuple(stage_layers), tuple(bns), tuple(backbones.stage_of(entry, n) for n in bns))
+
+
+def build_tap_model(model, taps: Taps, *, bn: bool = True):
+    """pixels → {"stage:<s>": pooled [B, C]} (+ {"bn_mean:<i>", "bn_var:<i>": [B, C]} per BN layer).
+
+    Shares layers (and weights) with ``model``: its "preprocess" layer and nested "backbone".
+    """
+    import keras
+    from keras import ops
+
+    bb = model.get_layer("backbone")
+    outputs = {f"stage:{s}": bb.get_layer(n).output for s, n in zip(taps.stages, taps.stage_layers)}
+    if bn:
+        for i, name in enumerate(taps.bn_layers):
+            outputs[f"bn:{i}"] = bb.get_layer(name).input
+    inner = keras.Model(bb.input, outputs, name="backbone_taps")
+    pixels = keras.Input(shape=tuple(model.input.shape[1:]), name="pixels")
+    raw = inner(model.get_layer("preprocess")(pixels))
+    out = {}
+    for key, t in raw.items():
+        t = ops.cast(t, "float32")
+        axes = tuple(range(1, len(t.shape) - 1))
+        if key.startswith("stage:"):
+            out[key] = ops.mean(t, axis=axes) if axes else t
+        else:
+            # Per-example moments; the split-level variance is assembled in float64 by _BNAccumulator.
+            i = key.split(":", 1)[1]
+            out[f"bn_mean:{i}"] = ops.mean(t, axis=axes) if axes else t
+            out[f"bn_var:{i}"] = ops.var(t, axis=axes) if axes else ops.zeros_like(t)
+    return keras.Model(pixels, out, name="taps")
+
+
+class _BNAccumulator:
+    """Channel mean/variance over all examples and positions: the mean of the per-example
+    variances plus the variance of the per-example means (exact, and free of cancellation)."""
+
+    def __init__(self):
+        self.n = 0
+        self.s_mean = self.s_var = self.s_mean2 = None
+
+    def add(self, mean: np.ndarray, var: np.ndarray) -> None:
+        mean, var = mean.astype(np.float64), var.astype(np.float64)
+        if self.s_mean is None:
+            self.s_mean, self.s_var, self.s_mean2 = (np.zeros(mean.shape[1:]) for _ in range(3))
+        self.n += len(mean)
+        self.s_mean += mean.sum(0)
+        self.s_var += var.sum(0)
+        self.s_mean2 += (mean * mean).sum(0)
+
+    def result(self) -> Tuple[np.ndarray, np.ndarray]:
+        m = self.s_mean / self.n
+        return m, np.maximum(self.s_var / self.n + self.s_mean2 / self.n - m * m, 0.0)
+
+
+def extract(tap_model, dataset: Iterable, taps: Taps, *, bn: bool = True) -> SplitFeatures:
+    """Run ``tap_model`` once over ``dataset`` (batches of (images, labels)) and collect the result."""
+    import tensorflow as tf
+
+    global FORWARD_PASSES
+    FORWARD_PASSES += 1
+    step = tf.function(lambda x: tap_model(x, training=False), reduce_retracing=True)
+    feats = {s: [] for s in taps.stages}
+    labels = []
+    accs = [_BNAccumulator() for _ in taps.bn_layers] if bn else []
+    for x, y in dataset:
+        out = step(tf.convert_to_tensor(x, tf.float32))
+        labels.append(np.asarray(y).reshape(-1))
+        for s in taps.stages:
+            feats[s].append(np.asarray(out[f"stage:{s}"]))
+        for i, acc in enumerate(accs):
+            acc.add(np.asarray(out[f"bn_mean:{i}"]), np.asarray(out[f"bn_var:{i}"]))
+    if not labels:
+        raise ValueError("extract: the dataset is empty")
+    return SplitFeatures(
+        labels=np.concatenate(labels).astype(np.int64),
+        stages={s: np.concatenate(v).astype(np.float32) for s, v in feats.items()},
+        bn={name: acc.result() for name, acc in zip(taps.bn_layers, accs)} if bn else None,
+    )
+
+
+# ------------------------------------------------------------------------ cache
+
+
+def _plain(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def cache_key(parts: Mapping) -> str:
+    """A stable hash of everything the cached features depend on."""
+    text = json.dumps({"format": FORMAT_VERSION, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def default_cache_dir() -> str:
+    """``$KERAS_TL_CACHE/features``, else ``~/.cache/keras_tl/features``."""
+    root = os.environ.get("KERAS_TL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "keras_tl")
+    return os.path.join(root, "features")
+
+
+class FeatureCache:
+    """Features of several splits stored as ``<dir>/<key>.npz`` plus a readable ``<key>.json``."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.directory, f"{key}.npz")
+
+    def load(self, key: str) -> Optional[Tuple[Dict[str, SplitFeatures], dict]]:
+        """(splits, extra) stored under ``key``, or None when absent or unreadable."""
+        path = self.path(key)
+        if not os.path.exists(path):
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["__meta__"]))
+                out = {}
+                for split, info in meta["splits"].items():
+                    stages = {s: z[f"{split}__stage__{i}"] for i, s in enumerate(info["stages"])}
+                    bn = None
+                    if info["bn_layers"] is not None:
+                        bn = {n: (z[f"{split}__bnm__{i}"], z[f"{split}__bnv__{i}"]) for i, n in enumerate(info["bn_layers"])}
+                    out[split] = SplitFeatures(labels=z[f"{split}__labels"], stages=stages, bn=bn)
+                return out, meta.get("extra") or {}
+        except (OSError, ValueError, KeyError):
+            return None  # a truncated or foreign file: recompute (and overwrite) rather than fail
+
+    def save(self, key: str, splits: Mapping[str, SplitFeatures], description: Mapping, extra: Optional[dict] = None) -> str:
+        """Store ``splits`` (and a small JSON-able ``extra``) atomically under ``key``."""
+        os.makedirs(self.directory, exist_ok=True)
+        arrays, meta = {}, {"splits": {}, "extra": extra or {}}
+        for split, f in splits.items():
+            arrays[f"{split}__labels"] = f.labels
+            for i, s in enumerate(f.stages):
+                arrays[f"{split}__stage__{i}"] = f.stages[s]
+            if f.bn is not None:
+                for i, (m, v) in enumerate(f.bn.values()):
+                    arrays[f"{split}__bnm__{i}"], arrays[f"{split}__bnv__{i}"] = m, v
+            meta["splits"][split] = {"stages": list(f.stages), "bn_layers": list(f.bn) if f.bn is not None else None}
+        arrays["__meta__"] = np.array(json.dumps(meta, default=_plain))
+        path = self.path(key)
+        tmp = f"{path}.tmp-{os.getpid()}.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+        with open(os.path.join(self.directory, f"{key}.json"), "w", encoding="utf-8") as fh:
+            json.dump({"format": FORMAT_VERSION, "key": key, "depends_on": description}, fh, indent=2, default=str)
+        return path
