@@ -174,3 +174,15 @@ def test_none_is_deterministic_given_the_seed():
     for wa, wb in zip(a.weights, b.weights):
         np.testing.assert_array_equal(wa.numpy(), wb.numpy())
     assert a.keras_tl_weights == W.WeightsInfo("none")
+
+
+def test_plain_keras_save_weights_of_a_cut_backbone_loads(tmp_path):
+    """export.py-style files: backbone.save_weights() without keras_tl's notes, from a cut model."""
+    keras.utils.set_random_seed(0)
+    a = M.build_model(make_recipe(cut_after="block3"), 3)
+    path = str(tmp_path / "backbone.weights.h5")
+    a.get_layer("backbone").save_weights(path)
+    keras.utils.set_random_seed(1)
+    b = M.build_model(make_recipe(weights=path, cut_after="block3"), 3)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(M.feature_extractor(a)(x), M.feature_extractor(b)(x))
