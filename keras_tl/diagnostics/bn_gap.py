@@ -65,7 +65,7 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
     ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    covmean, _ = linalg.sqrtm(ca @ cb, disp=False)
+    covmean = linalg.sqrtm(ca @ cb)
     if not np.isfinite(covmean).all():  # near-singular product: regularise as the FID reference code does
         off = np.eye(len(ca)) * 1e-6
         covmean = linalg.sqrtm((ca + off) @ (cb + off))
