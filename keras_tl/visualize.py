@@ -134,7 +134,7 @@ def _mosaic(maps: np.ndarray) -> np.ndarray:
     k, h, w = maps.shape
     cols = int(np.ceil(np.sqrt(k)))
     rows = int(np.ceil(k / cols))
-    out = np.ones((rows * (h + 1) - 1, cols * (w + 1) - 1), np.float32)
+    out = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan, np.float32)  # NaN gaps render blank
     for i in range(k):
         r, c = divmod(i, cols)
         out[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = maps[i]
@@ -177,6 +177,8 @@ def run(models: Sequence[str], images: Sequence[str], out_dir: str, *, maps: int
         raise UserError("no IMAGE given; e.g. python -m keras_tl.visualize --model runs/x galaxy.png")
     if maps < 1:
         raise UserError(f"--maps: must be >= 1, got {maps}")
+    for m in models:
+        resolve_model_path(m)
     for p in images:
         if not os.path.isfile(p):
             raise DataError(f"{p}: image file not found")
