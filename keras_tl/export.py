@@ -9,8 +9,9 @@ is the test readers use.
 
 Layout of ``out_dir``::
 
-    savedmodel/           tf.saved_model, signature "serve": pixels float32 [None, H, W, C] (raw
-                          pixel units, the model preprocesses) -> probabilities float32 [None, K]
+    savedmodel/           tf.saved_model, signature "serve" (also "serving_default"): pixels float32
+                          [None, H, W, C] (raw pixel units, the model preprocesses) ->
+                          {"output_0": probabilities float32 [None, K]}
     model.keras           the Keras model (custom keras_tl layers reload in safe mode)
     labels.txt            one class name per line, in output order
     backbone.weights.h5   the nested "backbone" sub-model's weights, for later transfer
@@ -21,6 +22,7 @@ Layout of ``out_dir``::
 from __future__ import annotations
 
 import datetime
+import glob
 import hashlib
 import json
 import os
@@ -32,6 +34,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+from keras_tl import faults
 from keras_tl.errors import DataError, UserError, WorkdirError
 
 MARKER = "COMPLETE"
@@ -131,13 +134,29 @@ def _versions() -> dict:
     return {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(), "numpy": np.__version__}
 
 
-def _write(model, tmp: str, names: list, recipe, hwc) -> None:
+def save_serving(model, path: str, hwc) -> None:
+    """SavedModel with signatures "serve" and "serving_default": pixels float32 [None, H, W, C]
+    -> {"output_0": probabilities float32}.
+
+    Not ``model.export``: on the TensorFlow backend it stores every weight twice (once per
+    keras.Variable wrapper, once per captured tf.Variable; keras-team/keras#23553), doubling
+    the file and the serving process's memory. Tracking the raw tf.Variables that the traced
+    function captures lets TensorFlow's checkpoint de-duplicate them.
+    """
     import tensorflow as tf
 
+    module = tf.Module()
+    module.variables_ = [v.value if hasattr(v, "value") else v for v in model.variables]
+    spec = tf.TensorSpec([None, *hwc], tf.float32, name="pixels")
+    module.serve = tf.function(lambda pixels: {"output_0": model(pixels, training=False)}, input_signature=[spec])
+    fn = module.serve.get_concrete_function()
+    tf.saved_model.save(module, path, signatures={SIGNATURE: fn, "serving_default": fn})
+
+
+def _write(model, tmp: str, names: list, recipe, hwc) -> None:
     cfg = recipe.export
     if cfg.savedmodel:
-        spec = tf.TensorSpec([None, *hwc], tf.float32, name="pixels")
-        model.export(os.path.join(tmp, "savedmodel"), format="tf_saved_model", input_signature=[spec], verbose=False)
+        save_serving(model, os.path.join(tmp, "savedmodel"), hwc)
     if cfg.keras:
         model.save(os.path.join(tmp, "model.keras"))
     if cfg.backbone_weights:
@@ -239,6 +258,9 @@ def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sampl
         tmp = tempfile.mkdtemp(prefix="keras_tl_export-")
     else:
         parent = os.path.dirname(out_dir)
+        # Temp dirs of an earlier attempt killed mid-export (never an export: no rename happened).
+        for stale in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(os.path.basename(out_dir))}.tmp-*")):
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             os.makedirs(parent, exist_ok=True)
             # os.mkdir, not mkdtemp: the published directory keeps the umask's permissions, not 0700.
@@ -276,6 +298,7 @@ def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sampl
             _check_destination(out_dir)
             _publish_remote(tmp, out_dir)
         else:
+            faults.point("export:before_rename")
             _check_destination(out_dir)  # someone may have created it while we wrote
             os.replace(tmp, out_dir)
             tmp = None

@@ -433,6 +433,9 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
         log(f"keras_tl: skipping {len(scan_info['skipped_files'])} unreadable files (listed in skipped_files.json)")
     datasets = data_lib.build_datasets(recipe, global_batch_size=recipe.data.batch_size,
                                        drop_remainder=runtime.needs_static_shapes)
+    if datasets.val is None:
+        raise UserError("data.val_fraction: the data has no validation split (val_fraction 0 and no data.val_split); "
+                        "keras_tl selects checkpoints on validation data, so set data.val_fraction > 0 (e.g. 0.1) or data.val_split")
     class_names = list(datasets.class_names)
     num_classes = len(class_names)
 
@@ -551,8 +554,12 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
     export_dir = os.path.join(workdir, "export")
     export_info = None
     if recipe.export.savedmodel or recipe.export.keras:
-        if _exists(export_dir):  # exports are atomic: this one is complete, from an attempt killed before DONE
-            export_info = {"dir": export_dir, "reused": True}
+        if not _is_remote(workdir):  # temp dirs of an export killed before its rename
+            for stale in os.listdir(workdir):
+                if stale.startswith(".export.tmp-"):
+                    shutil.rmtree(os.path.join(workdir, stale), ignore_errors=True)
+        if export_lib.is_complete(export_dir):  # exports are atomic: complete, from an attempt killed before DONE
+            export_info = {**export_lib.read_export(export_dir), "dir": export_dir, "reused": True}
         else:
             sample = next(iter(datasets.val.take(1)))[0][:8]
             export_info = export_lib.export_run(model, export_dir, class_names=class_names, recipe=recipe,
