@@ -181,19 +181,24 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     x = rng.uniform(0, 255, (32, 32, 32, 3)).astype("float32")
     y = (np.arange(32) % 3).astype("int32")
     hist = model.fit(x, y, batch_size=8, epochs=1, steps_per_epoch=3, verbose=0)
-    print("RESULT " + json.dumps({"replicas": rt.num_replicas, "kind": rt.kind,
+    from keras_tl import export
+    from keras_tl.recipe import DataConfig, ExportConfig
+    info = export.export_run(model, sys.argv[1], class_names=["a", "b", "c"], sample_images=x[:4],
+                             recipe=Recipe(data=DataConfig(image_size=(32, 32)), export=ExportConfig(backbone_weights=False)))
+    print("RESULT " + json.dumps({"replicas": rt.num_replicas, "kind": rt.kind, "verification": info["verification"],
                                   "devices": list(rt.strategy.extended.worker_devices),
                                   "loss": hist.history["loss"]}))
 """)
 
 
-def test_mirrored_strategy_over_two_logical_cpus_trains():
+def test_mirrored_strategy_over_two_logical_cpus_trains_and_exports(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("TF_CONFIG", None)
-    proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path / "export")], capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
     result = json.loads(line[len("RESULT "):])
     assert result["replicas"] == 2 and result["kind"] == "mirrored"
     assert len(result["devices"]) == 2 and all("CPU" in d for d in result["devices"])
     assert len(result["loss"]) == 1 and np.isfinite(result["loss"][0])
+    assert result["verification"]["savedmodel_max_abs_diff"] <= 1e-4 and (tmp_path / "export" / "COMPLETE").exists()

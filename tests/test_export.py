@@ -77,6 +77,15 @@ def test_saved_model_cli_lists_serve_signature(exported):
     assert "shape: (-1, 3)" in serve
 
 
+def test_saved_model_stores_each_weight_once(exported):
+    import tensorflow as tf
+
+    model, out, _ = exported
+    reader = tf.train.load_checkpoint(os.path.join(out, "savedmodel", "variables", "variables"))
+    stored = sum(int(np.prod(s)) for k, s in reader.get_variable_to_shape_map().items() if k != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    assert stored == model.count_params()
+
+
 def test_backbone_weights_transfer(exported):
     model, out, _ = exported
     fresh = tiny_model()
@@ -104,6 +113,16 @@ def test_failed_verification_leaves_nothing(exported, tmp_path, monkeypatch):
     with pytest.raises(export.ExportError, match="disagrees"):
         export.export_run(model, str(out), class_names=CLASSES, recipe=recipe(), sample_images=samples())
     assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_stale_temp_dir_of_a_killed_export_is_removed(exported, tmp_path):
+    model, _, _ = exported
+    stale = tmp_path / ".export.tmp-deadbeef"
+    (stale / "savedmodel").mkdir(parents=True)
+    other = tmp_path / ".other.tmp-1"
+    other.mkdir()
+    export.export_run(model, str(tmp_path / "export"), class_names=CLASSES, recipe=recipe(), sample_images=samples())
+    assert sorted(os.listdir(tmp_path)) == [".other.tmp-1", "export"]
 
 
 def test_failure_while_writing_leaves_nothing(exported, tmp_path, monkeypatch):
