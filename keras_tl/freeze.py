@@ -9,7 +9,8 @@ Units of control are the backbone's stages (``backbones.Backbone.stages``, after
   (backbone layer names, or head layer names such as ``head_dense_0``, ``predictions``); every
   pattern must match at least one layer.
 
-BN policy (``model.bn``): ``frozen`` keeps every backbone BatchNormalization layer at
+BN policy (``model.bn``; ``auto``, the default, means ``frozen`` for pretrained weights and
+``train`` for ``weights: none``): ``frozen`` keeps every backbone BatchNormalization layer at
 ``trainable=False`` even inside trainable stages; in Keras 3 that also makes it run in
 inference mode (moving statistics used, never updated; gamma/beta fixed). ``train`` lets BN in
 trainable stages train like any other layer. Head BN layers are new, so they follow the head.
@@ -21,6 +22,7 @@ import re
 from typing import Dict, List
 
 from keras_tl import backbones
+from keras_tl import recipe as recipe_lib
 from keras_tl.errors import UserError
 
 HEAD = "head"
@@ -114,7 +116,7 @@ def apply_phase(model, phase, recipe) -> List[Dict]:
     model.trainable = True  # Keras propagates this to every nested layer; then switch off per unit
     for layer, _ in units:
         layer.trainable = layer.name in chosen
-    if recipe.model.bn == "frozen":
+    if recipe_lib.bn_policy(recipe.model) == "frozen":
         # Pretrained BN statistics describe the source domain at large batches; updating them from
         # small batches of a new domain wrecks them (Keras transfer-learning guide), so backbone BN
         # stays in inference mode with fixed gamma/beta even where the surrounding stage trains.

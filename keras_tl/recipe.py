@@ -151,7 +151,9 @@ class ModelConfig:
     pooling: Literal["avg", "max", "flatten"] = "avg"
     cut_after: Optional[str] = None
     reinit: Tuple[str, ...] = ()
-    bn: Literal["frozen", "train"] = "frozen"
+    # auto: frozen for pretrained weights (imagenet or a file), train for weights: none — frozen BN
+    # with random init never normalises (running stats stay 0/1) and a scratch arm would be crippled.
+    bn: Literal["auto", "frozen", "train"] = "auto"
     conv1_adapt: Literal["mean", "sum"] = "mean"
     output: Literal["multiclass", "multilabel", "binary"] = "multiclass"
 
@@ -747,6 +749,13 @@ KERAS_ACTIVATIONS = frozenset(
     "linear log_sigmoid log_softmax mish relu relu6 selu sigmoid silu soft_shrink softmax softplus "
     "softsign sparse_plus sparse_sigmoid sparsemax squareplus swish tanh tanh_shrink".split()
 )
+
+
+def bn_policy(model: ModelConfig) -> str:
+    """The effective BatchNormalization policy, ``frozen`` or ``train`` (resolves ``auto``)."""
+    if model.bn != "auto":
+        return model.bn
+    return "train" if model.weights == "none" else "frozen"
 
 
 def stage_list(recipe: Recipe) -> Tuple[str, ...]:

@@ -76,7 +76,7 @@ def test_unknown_key_deep_in_a_list(tmp_path):
         ("train: {phases: [{lr: .inf}]}", "train.phases.0.lr: expected a finite number, got inf"),
         ("train: {phases: [{lr: -0.1}]}", "train.phases.0.lr: must be >= 0.0, got -0.1"),
         ("model: {pooling: average}", "model.pooling: expected one of avg, max, flatten; got 'average'"),
-        ("model: {bn: Frozen}", "model.bn: expected one of frozen, train; got 'Frozen' (did you mean frozen?)"),
+        ("model: {bn: Frozen}", "model.bn: expected one of auto, frozen, train; got 'Frozen' (did you mean frozen?)"),
         ("model: {weights: null}", "model.weights: expected a string, got None"),
         ("model: {head: {units: 8}}", "model.head: expected a list, got {'units': 8}"),
         ("model: {head: [{units: 0}]}", "model.head.0.units: must be >= 1, got 0"),
