@@ -199,3 +199,16 @@ def test_end_to_end_study_with_real_training(tmp_path):
     (c,) = study["comparisons"]
     assert c["n"] == 2 and c["a"] == "freeze all" and c["b"] == "freeze head_only"
     assert all(a["history"] for a in study["arms"])
+
+
+def test_loss_metric_lower_is_better_and_keeps_precision(tmp_path):
+    plan = make_plan(tmp_path, "\n  init: [imagenet, none]\n  seeds: 5\n  baseline: {init: none}\n  metric: loss\n")
+    results = {}
+    for run in plan.runs:
+        v = plan.arm(run.arm_id).values
+        loss = 0.5 + 0.01 * run.seed + (-0.0312 if v["init"] == "imagenet" else 0.0) + 0.001 * (run.seed % 2)
+        results[run.key] = {"test": {"accuracy": 0.5, "loss": loss}, "val": {}, "history": {}}
+    study = report.analyze(plan, results)
+    (c,) = study["comparisons"]
+    assert study["higher_is_better"] is False and c["verdict"] == stats.BETTER
+    assert "imagenet beats scratch by -0.0312 (95% CI" in study["verdict"]

@@ -266,7 +266,9 @@ def _freeze_table(plan: Plan, arms_out: List[dict]) -> List[dict]:
 
 
 def fmt_diff(study: dict, x: Optional[float]) -> str:
-    return "n/a" if x is None else f"{x * study['scale']:+.1f}"
+    if x is None:
+        return "n/a"
+    return f"{x * study['scale']:+.1f}" if study["scale"] != 1 else f"{x:+.3g}"
 
 
 def fmt_val(study: dict, x: Optional[float]) -> str:
