@@ -214,8 +214,9 @@ def _extract(recipe, info, num_classes: int, datasets, *, log, label: str):
     pretrained = info.source != "none"
     tap_model = feats_lib.build_tap_model(model, taps, bn=pretrained)
     t = time.time()
-    train = feats_lib.extract(tap_model, datasets.train, taps, bn=pretrained)
-    val = feats_lib.extract(tap_model, datasets.val, taps, bn=False)
+    step = feats_lib.make_step(tap_model)
+    train = feats_lib.extract(tap_model, datasets.train, taps, bn=pretrained, step=step)
+    val = feats_lib.extract(tap_model, datasets.val, taps, bn=False, step=step)
     log(f"keras_tl.probe: {label}: extracted {train.count}+{val.count} examples x {len(taps.stages)} stages in {time.time() - t:.1f}s")
     extra = {"bn_gap": None}
     if pretrained:

@@ -116,13 +116,21 @@ class _BNAccumulator:
         return m, np.maximum(self.s_var / self.n + self.s_mean2 / self.n - m * m, 0.0)
 
 
-def extract(tap_model, dataset: Iterable, taps: Taps, *, bn: bool = True) -> SplitFeatures:
+def make_step(tap_model):
+    """The compiled inference step of ``tap_model``; pass it to every :func:`extract` call on that
+    model so the graph is traced once, not once per split."""
+    import tensorflow as tf
+
+    return tf.function(lambda x: tap_model(x, training=False), reduce_retracing=True)
+
+
+def extract(tap_model, dataset: Iterable, taps: Taps, *, bn: bool = True, step=None) -> SplitFeatures:
     """Run ``tap_model`` once over ``dataset`` (batches of (images, labels)) and collect the result."""
     import tensorflow as tf
 
     global FORWARD_PASSES
     FORWARD_PASSES += 1
-    step = tf.function(lambda x: tap_model(x, training=False), reduce_retracing=True)
+    step = step or make_step(tap_model)
     feats = {s: [] for s in taps.stages}
     labels = []
     accs = [_BNAccumulator() for _ in taps.bn_layers] if bn else []
