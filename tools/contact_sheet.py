@@ -22,7 +22,7 @@ from keras_tl.data import synthetic  # noqa: E402
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=pathlib.Path)
-    parser.add_argument("--per-class", type=int, default=8)
+    parser.add_argument("--per-class", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--survey", default="decals")

@@ -1,6 +1,6 @@
 """Task difficulty check: a small CNN trained from scratch on the synthetic galaxies.
 
-    python tools/difficulty_check.py [--train 2000] [--val 1000] [--epochs 8] [--survey decals] [--out FILE.json]
+    python tools/difficulty_check.py [--train 2000] [--val 1000] [--epochs 10] [--survey decals] [--out FILE.json]
 
 The dataset is useful for transfer-learning studies only if it is neither trivial nor noise:
 validation accuracy should land well above chance (10%) and well below 100%.
@@ -40,7 +40,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=2000)
     parser.add_argument("--val", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--survey", default="decals")
     parser.add_argument("--seed", type=int, default=0)
