@@ -136,7 +136,8 @@ def _versions() -> dict:
 
 def save_serving(model, path: str, hwc) -> None:
     """SavedModel with signatures "serve" and "serving_default": pixels float32 [None, H, W, C]
-    -> {"output_0": probabilities float32}.
+    -> {"output_0": probabilities float32}; ``tf.saved_model.load(path).serve(x)`` returns the
+    probabilities tensor, as with ``model.export``.
 
     Not ``model.export``: on the TensorFlow backend it stores every weight twice (once per
     keras.Variable wrapper, once per captured tf.Variable; keras-team/keras#23553), doubling
@@ -148,7 +149,8 @@ def save_serving(model, path: str, hwc) -> None:
     module = tf.Module()
     module.variables_ = [v.value if hasattr(v, "value") else v for v in model.variables]
     spec = tf.TensorSpec([None, *hwc], tf.float32, name="pixels")
-    module.serve = tf.function(lambda pixels: {"output_0": model(pixels, training=False)}, input_signature=[spec])
+    # Returns the tensor (as model.export's endpoint does); the signatures name it "output_0".
+    module.serve = tf.function(lambda pixels: model(pixels, training=False), input_signature=[spec])
     fn = module.serve.get_concrete_function()
     tf.saved_model.save(module, path, signatures={SIGNATURE: fn, "serving_default": fn})
 

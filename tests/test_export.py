@@ -77,6 +77,16 @@ def test_saved_model_cli_lists_serve_signature(exported):
     assert "shape: (-1, 3)" in serve
 
 
+def test_saved_model_serve_endpoint_returns_probabilities(exported):
+    import tensorflow as tf
+
+    model, out, _ = exported
+    loaded = tf.saved_model.load(os.path.join(out, "savedmodel"))
+    x = samples()
+    np.testing.assert_allclose(loaded.serve(tf.constant(x)).numpy(), model.predict(x, verbose=0), atol=1e-5)
+    assert list(loaded.signatures["serving_default"](pixels=tf.constant(x))) == ["output_0"]
+
+
 def test_saved_model_stores_each_weight_once(exported):
     import tensorflow as tf
 
