@@ -865,6 +865,9 @@ def validate(recipe: Recipe, where: str = "<recipe>") -> None:
     if not t.phases:
         fail("train.phases", "at least one phase is needed")
     for i, ph in enumerate(t.phases):
+        # A phase's name becomes part of file names in the run dir (log_<i>_<name>.csv, tensorboard/<name>).
+        if ph.name and (any(c in ph.name for c in "/\\:") or not ph.name.isprintable() or ph.name.strip(".") == ""):
+            fail(f"train.phases.{i}.name", f"must be a plain name without path separators or control characters, got {_short(ph.name)}")
         check_trainable(ph.trainable, stages, f"{where}: train.phases.{i}.trainable")
         for s, mult in ph.lr_multipliers.items():
             if s not in stages + ("head",):
