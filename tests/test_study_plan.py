@@ -189,10 +189,10 @@ def test_cost_estimate(tmp_path):
     # 200 images, 60% train = 120; per run: 3 epochs × (60 | 120) images; 2 seeds.
     assert cost.runs == 4 and cost.epochs == 12
     assert cost.images == 2 * 3 * (60 + 120)
-    assert cost.cpu_seconds == pytest.approx(cost.images * 0.01)
+    assert cost.cpu_seconds == pytest.approx(cost.images * 0.01 + 4 * plan_lib.SECONDS_PER_RUN_OVERHEAD)
     text = plan_lib.format_plan(plan, cost)
     assert "4 runs" in text and "1,080 training images" in text and "CPU time" in text and "study.seconds_per_image" in text
-    assert plan_lib.estimate_cost(plan, 0.5, "flag").cpu_seconds == pytest.approx(1080 * 0.5)
+    assert plan_lib.estimate_cost(plan, 0.5, "flag").cpu_seconds == pytest.approx(1080 * 0.5 + 4 * plan_lib.SECONDS_PER_RUN_OVERHEAD)
 
 
 def _cli(*args):

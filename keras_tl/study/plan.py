@@ -62,6 +62,9 @@ DEFAULT_SECONDS_PER_IMAGE_64PX = {
     "resnet101": 0.0190,
 }
 DEFAULT_SECONDS_PER_IMAGE_FALLBACK = 0.0190
+# Per-run CPU seconds outside the training steps (model build, graph tracing, evaluation, export);
+# from a 4-run study of tiny MobileNetV3-Small runs here (~25 CPU-s each, TF import included once).
+SECONDS_PER_RUN_OVERHEAD = 25.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -576,7 +579,8 @@ class Cost:
     images: Optional[int]  # training images summed over runs
     seconds_per_image: float
     seconds_per_image_source: str
-    cpu_seconds: Optional[float]
+    cpu_seconds: Optional[float]  # training images × seconds_per_image + runs × overhead_per_run
+    overhead_per_run: float = SECONDS_PER_RUN_OVERHEAD
 
 
 def estimate_cost(plan: Plan, seconds_per_image: Optional[float] = None, source: str = "") -> Cost:
@@ -593,7 +597,7 @@ def estimate_cost(plan: Plan, seconds_per_image: Optional[float] = None, source:
         images = None if (images is None or n is None) else images + n
     # Evaluation (forward only, about a third of a training step) is left out: it is small
     # next to training unless the validation split is large.
-    cpu = images * seconds_per_image if images is not None else None
+    cpu = images * seconds_per_image + len(plan.runs) * SECONDS_PER_RUN_OVERHEAD if images is not None else None
     return Cost(len(plan.runs), epochs, images, seconds_per_image, source or "given", cpu)
 
 
@@ -627,5 +631,6 @@ def format_plan(plan: Plan, cost: Cost) -> str:
     img = f"{cost.images:,}" if cost.images is not None else "unknown (set study.train_images)"
     lines.append(f"  cost: {cost.runs} runs, {cost.epochs} epochs, {img} training images")
     if cost.cpu_seconds is not None:
-        lines.append(f"  CPU time ≈ {_duration(cost.cpu_seconds)} at {cost.seconds_per_image:.4g} s/image ({cost.seconds_per_image_source})")
+        lines.append(f"  CPU time ≈ {_duration(cost.cpu_seconds)} at {cost.seconds_per_image:.4g} s/image ({cost.seconds_per_image_source})"
+                     f" + {cost.overhead_per_run:g} s/run start-up, evaluation and export")
     return "\n".join(lines)
