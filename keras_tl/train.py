@@ -101,11 +101,18 @@ def default_workdir(recipe: recipe_lib.Recipe) -> str:
 
 
 def prepare_workdir(workdir: str, recipe: recipe_lib.Recipe) -> bool:
-    """Create or check the run directory. Returns True when resuming an unfinished run.
+    """Check, then create the run directory. Returns True when resuming an unfinished run.
 
     Refuses a finished run, a directory holding something else, a different recipe,
     an unwritable directory or one with too little free disk — all before training.
     """
+    resuming = check_workdir(workdir, recipe)
+    create_workdir(workdir, recipe, resuming)
+    return resuming
+
+
+def check_workdir(workdir: str, recipe: recipe_lib.Recipe) -> bool:
+    """The read-only half of :func:`prepare_workdir`: writes nothing. True when resuming."""
     recipe_text = recipe_lib.dump(recipe)
     recipe_path = os.path.join(workdir, "recipe.yaml")
     if _exists(os.path.join(workdir, DONE)):
@@ -116,8 +123,14 @@ def prepare_workdir(workdir: str, recipe: recipe_lib.Recipe) -> bool:
             raise WorkdirError(
                 f"{workdir}: holds an unfinished run of a different recipe; resume it with the same recipe and --set flags, or choose another --workdir"
             )
-    elif _exists(workdir) and not _is_remote(workdir) and os.listdir(workdir):
+    elif _exists(workdir) and not _is_remote(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
         raise WorkdirError(f"{workdir}: exists, is not empty and holds no keras_tl run; choose another --workdir")
+    return resuming
+
+
+def create_workdir(workdir: str, recipe: recipe_lib.Recipe, resuming: bool) -> bool:
+    """The writing half of :func:`prepare_workdir`. True when this call created the directory."""
+    created = not _exists(workdir)
     if _is_remote(workdir):
         _gfile().makedirs(workdir)
     else:
@@ -133,8 +146,8 @@ def prepare_workdir(workdir: str, recipe: recipe_lib.Recipe) -> bool:
         if free < MIN_FREE_BYTES:
             raise WorkdirError(f"{workdir}: only {free // 2**20} MiB free, keras_tl needs at least {MIN_FREE_BYTES // 2**20} MiB for checkpoints and the export; free some disk or choose another --workdir")
     if not resuming:
-        write_text(recipe_path, recipe_text)
-    return resuming
+        write_text(os.path.join(workdir, "recipe.yaml"), recipe_lib.dump(recipe))
+    return created
 
 
 # --------------------------------------------------------------- optimizer
@@ -331,7 +344,8 @@ def _as_dict(obj) -> Optional[dict]:
 
 
 def _fault_callback(phase_index: int):
-    """Crash points inside fit: ``batch:<phase>:<epoch>:<batch>`` (mid-epoch)."""
+    """Crash points inside fit: ``batch:<phase>:<epoch>:<batch>`` (mid-epoch) and
+    ``epoch_end:<phase>:<epoch>`` (after the epoch's backup, before later callbacks)."""
     import keras
 
     class FaultPoints(keras.callbacks.Callback):
@@ -343,7 +357,45 @@ def _fault_callback(phase_index: int):
         def on_train_batch_end(self, batch, logs=None):
             faults.point(f"batch:{phase_index}:{self.epoch}:{batch}")
 
+        def on_epoch_end(self, epoch, logs=None):
+            faults.point(f"epoch_end:{phase_index}:{epoch}")  # after the epoch's backup is written
+
     return FaultPoints()
+
+
+def _best_checkpoint(path: str, monitor: str, phase_index: int, *, resuming: bool):
+    """The phase's save_best_only weights at ``path``, written atomically (temp file, then
+    rename), with the best value kept in ``<path>.json`` so that a phase resumed from its
+    backup keeps comparing against the best epoch so far. A kill during a write leaves the
+    previous best intact; a phase that starts over (no backup) starts a fresh record."""
+    import keras
+
+    record, partial = path + ".json", path[: -len(".weights.h5")] + ".partial.weights.h5"
+    best = None
+    if resuming and _exists(record) and _exists(path):
+        try:
+            value = json.loads(_read_text(record))["best"]
+            best = None if value is None else float(value)
+        except (ValueError, KeyError, TypeError):
+            best = None
+    for stale in ([partial] if resuming else [partial, path, record]):
+        if _exists(stale):
+            _gfile().remove(stale) if _is_remote(stale) else os.remove(stale)
+
+    class BestWeights(keras.callbacks.ModelCheckpoint):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            if not _exists(partial):
+                return
+            faults.point(f"checkpoint:{phase_index}")  # the new best is written, not yet in place
+            if _is_remote(path):
+                _gfile().rename(partial, path, overwrite=True)
+            else:
+                os.replace(partial, path)
+            write_json(record, {"monitor": monitor, "best": None if self.best is None else float(self.best), "epoch": int(epoch)})
+
+    return BestWeights(partial, monitor=monitor, save_best_only=True, save_weights_only=True,
+                       initial_value_threshold=best)
 
 
 def _read_csv_log(path: str) -> Dict[str, List[float]]:
@@ -401,12 +453,19 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
     """
     t_start = time.time()
     workdir = workdir or default_workdir(recipe)
-    resuming = prepare_workdir(workdir, recipe)
-    if resuming:
-        log(f"keras_tl: resuming the unfinished run in {workdir}")
-    else:
-        log(f"keras_tl: run directory {workdir}")
+    # Pre-flight (workdir, runtime, weights, data) writes nothing: a run that cannot start leaves
+    # no directory behind, so the user's corrected recipe is not refused as "a different recipe".
+    resuming = check_workdir(workdir, recipe)
+    holder = {"created": False}
+    try:
+        return _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder)
+    except UserError:
+        if holder["created"] and not _exists(os.path.join(workdir, "state.json")) and not _is_remote(workdir):
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
 
+
+def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
     from keras_tl import distribute
 
     runtime = distribute.setup(recipe, tpu_flags=tpu_flags)
@@ -428,14 +487,24 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
         tf.config.experimental.enable_op_determinism()
 
     scan_info = data_lib.scan(recipe)
-    if scan_info and scan_info.get("skipped_files"):
-        write_json(os.path.join(workdir, "skipped_files.json"), scan_info)
-        log(f"keras_tl: skipping {len(scan_info['skipped_files'])} unreadable files (listed in skipped_files.json)")
     datasets = data_lib.build_datasets(recipe, global_batch_size=recipe.data.batch_size,
                                        drop_remainder=runtime.needs_static_shapes)
     if datasets.val is None:
         raise UserError("data.val_fraction: the data has no validation split (val_fraction 0 and no data.val_split); "
                         "keras_tl selects checkpoints on validation data, so set data.val_fraction > 0 (e.g. 0.1) or data.val_split")
+
+    # Pre-flight passed: now the run directory may be written.
+    created = create_workdir(workdir, recipe, resuming)
+    holder["created"] = created
+    log(f"keras_tl: {'resuming the unfinished run in' if resuming else 'run directory'} {workdir}")
+    if not runtime.is_chief:
+        # Multi-worker: every worker runs the same steps, only the chief's files are kept.
+        import tempfile
+
+        workdir = tempfile.mkdtemp(prefix=f"keras_tl-worker{(runtime.task or {}).get('index', 'x')}-")
+    if scan_info and scan_info.get("skipped_files"):
+        write_json(os.path.join(workdir, "skipped_files.json"), scan_info)
+        log(f"keras_tl: skipping {len(scan_info['skipped_files'])} unreadable files (listed in skipped_files.json)")
     class_names = list(datasets.class_names)
     num_classes = len(class_names)
 
@@ -477,13 +546,16 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
             steps_per_epoch = phase.steps_per_epoch or max(1, math.ceil(n_train / batch))
         reason = fast_path_reason(recipe, rows, runtime)
         t_phase = time.time()
+        best_path = os.path.join(ckpt_dir, f"best_{index}.weights.h5")
+        backup_dir = os.path.join(workdir, "backup", f"phase{index}")
         callbacks = [
             keras.callbacks.CSVLogger(os.path.join(workdir, f"log_{index}_{label}.csv"), append=True),
-            keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup", f"phase{index}"), double_checkpoint=True),
+            # Before the backup: an epoch the backup records is always reflected in the best checkpoint.
+            _best_checkpoint(best_path, recipe.train.monitor, index, resuming=_exists(backup_dir)),
+            keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
         ]
         if os.environ.get("KERAS_TL_FAULT"):
             callbacks.append(_fault_callback(index))
-        best_path = os.path.join(ckpt_dir, f"best_{index}.weights.h5")
         if recipe.train.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard", label), write_graph=False))
         if recipe.train.early_stopping:
@@ -506,8 +578,6 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
             feats = _cached_features(fe, datasets, recipe, num_outputs, seed=recipe.seed + index)
             head.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=runtime.jit_compile,
                          steps_per_execution=recipe.train.steps_per_execution)
-            callbacks.append(keras.callbacks.ModelCheckpoint(best_path, monitor=recipe.train.monitor, save_best_only=True,
-                                                             save_weights_only=True))
             f_train = feats["train"].repeat() if phase.steps_per_epoch else feats["train"]
             hist = head.fit(f_train, validation_data=feats["val"], callbacks=callbacks, **fit_kwargs)
             if _exists(best_path):
@@ -516,8 +586,6 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
             log(f"keras_tl: {label}: full forward/backward path ({reason})")
             model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=runtime.jit_compile,
                           steps_per_execution=recipe.train.steps_per_execution)
-            callbacks.append(keras.callbacks.ModelCheckpoint(best_path, monitor=recipe.train.monitor, save_best_only=True,
-                                                             save_weights_only=True))
             hist = model.fit(train_in, validation_data=val_ds, callbacks=callbacks, **fit_kwargs)
             if _exists(best_path):
                 model.load_weights(best_path)
@@ -597,6 +665,8 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
     write_json(os.path.join(workdir, "run.json"), run_info)
     faults.point("before_done")
     write_text(os.path.join(workdir, DONE), datetime.datetime.now().isoformat() + "\n")
+    if not runtime.is_chief:
+        shutil.rmtree(workdir, ignore_errors=True)
     summary = results[final_split]
     log(f"keras_tl: done: {final_split} accuracy {summary.get('accuracy', float('nan')):.4f}, loss {summary.get('loss', float('nan')):.4f}; "
         f"{workdir}")

@@ -167,3 +167,22 @@ def test_bad_override_exits_2_and_writes_nothing(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "weights" in out.stderr
     assert not wd.exists()
+
+
+def test_missing_imagenet_weights_stop_fast_and_leave_no_run_dir(tmp_path):
+    import time
+
+    wd = tmp_path / "never"
+    env_home = tmp_path / "keras_home"
+    env_home.mkdir()
+    recipe_path = _write_recipe(tmp_path)
+    cmd = [sys.executable, "-m", "keras_tl.train", "--recipe", recipe_path, "--workdir", str(wd),
+           "--set", "model.weights=imagenet"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_HOME=str(env_home))
+    t = time.time()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert time.time() - t < 100  # no download attempt or hang (TF import included; the check itself is sub-second)
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and str(env_home) in last and "model.weights" in last
+    assert not wd.exists()  # so the corrected recipe is not refused as "a different recipe"
