@@ -166,7 +166,14 @@ def _write(model, tmp: str, names: list, recipe, hwc) -> None:
             backbone = model.get_layer("backbone")
         except ValueError:
             raise UserError("export.backbone_weights: the model has no nested layer named 'backbone'; set export.backbone_weights: false or build the model with keras_tl.model") from None
-        backbone.save_weights(os.path.join(tmp, "backbone.weights.h5"))
+        if "preprocess" in [l.name for l in model.layers]:
+            from keras_tl import weights as weights_lib
+
+            # Also records the registry name and input shape: a transfer into another
+            # architecture is then refused by name instead of failing on some layer's shape.
+            weights_lib.save_backbone_weights(model, os.path.join(tmp, "backbone.weights.h5"))
+        else:
+            backbone.save_weights(os.path.join(tmp, "backbone.weights.h5"))
     with open(os.path.join(tmp, "labels.txt"), "w", encoding="utf-8") as f:
         f.write("".join(n + "\n" for n in names))
 
