@@ -67,6 +67,13 @@ def test_clear_effect_is_better_and_direction_follows_metric():
     assert _finalised(b, a)["verdict"] == stats.WORSE
 
 
+def test_identical_differences_are_not_infinitely_significant():
+    # Two seeds that both differ by exactly one test image: t is undefined, sign-flip p = 0.5.
+    c = _finalised([0.10, 0.20], [0.05, 0.15])
+    assert c["p_t"] == pytest.approx(0.5) and c["verdict"] == stats.NO_EVIDENCE
+    assert c["seeds_needed"] == 6  # the smallest n with sign-flip p = 2 / 2**n < 0.05
+
+
 def test_small_seed_counts_use_t_interval_and_say_so():
     c = stats.compare([0.8, 0.9], [0.7, 0.75])
     assert "t-interval" in c["ci_method"]

@@ -13,7 +13,8 @@ every comparison is a set of paired differences ``d_k = A_k - B_k`` in metric un
   the paired t-interval's where that is wider; the union covers 95.0–95.7% at 5–20 seeds.
   With fewer than 5 seeds only the paired t-interval is used and ``ci_method`` says so.
 * P(A better than B): share of seeds where A wins (ties count half), Wilson 95% interval.
-* p-values: two-sided paired t-test, Holm-corrected across all comparisons of a study.
+* p-values: two-sided paired t-test (the exact sign-flip test when all differences are equal,
+  where t is undefined), Holm-corrected across all comparisons of a study.
   (A sign-flip permutation test is also reported, but with 5 seeds its smallest possible
   two-sided p is 2/32 = 0.0625, so it could never support a verdict there.)
 * Verdict: "better" / "worse" when the CI excludes 0 AND the Holm-adjusted p < 0.05;
@@ -100,8 +101,10 @@ def paired_t_pvalue(d: Sequence[float]) -> Optional[float]:
     d = np.asarray(d, dtype=float)
     if d.size < 2:
         return None
-    if np.all(d == d[0]):
-        return 1.0 if d[0] == 0 else 0.0
+    if np.allclose(d, d[0], rtol=1e-9, atol=1e-12):
+        # Zero spread leaves the t statistic undefined (not infinitely significant: coarse test
+        # sets make identical differences common); the exact sign-flip test still applies.
+        return 1.0 if d[0] == 0 else sign_flip_pvalue(d)
     return _f(st.ttest_1samp(d, 0.0).pvalue)
 
 
@@ -145,7 +148,9 @@ def seeds_needed(mean_diff: float, sd: float, conf: float = CONF, max_n: int = M
     if mean_diff is None or sd is None or not math.isfinite(mean_diff) or mean_diff == 0:
         return None
     if sd == 0:
-        return 2
+        # Every seed differs by the same amount: the t-test is undefined and the exact sign-flip
+        # test needs 2 / 2**n < 1 - conf, i.e. 6 seeds at 95%.
+        return next(n for n in range(2, 64) if 2 / 2**n < 1 - conf)
     for n in range(2, max_n + 1):
         if st.t.ppf(0.5 + conf / 2, n - 1) * sd / math.sqrt(n) < abs(mean_diff):
             return n
@@ -187,7 +192,8 @@ def compare(a: Sequence[float], b: Sequence[float], *, higher_is_better: bool = 
     out["p_sign_flip"] = sign_flip_pvalue(d, seed=seed)
     pb = prob_better(a, b, higher_is_better)
     out.update(p_better=pb["p"], p_better_lo=pb["lo"], p_better_hi=pb["hi"])
-    out["seeds_needed"] = seeds_needed(summary["mean"], summary["sd"]) if n >= 2 else None
+    sd = 0.0 if n >= 2 and np.allclose(d, d[0], rtol=1e-9, atol=1e-12) else summary["sd"]
+    out["seeds_needed"] = seeds_needed(summary["mean"], sd) if n >= 2 else None
     return out
 
 
