@@ -53,7 +53,7 @@ STUDY_KEYS = AXES + (
 MAX_RUNS = 100_000
 
 # Rough CPU training cost (seconds per image, 64x64 px, 2 cores, batch 32, every layer training),
-# scaled by pixel count for other sizes. resnet101: DESIGN.md's ~50-60 images/s; mobilenetv3small:
+# scaled by pixel count above 64 px. resnet101: DESIGN.md's ~50-60 images/s; mobilenetv3small:
 # keras.applications + train_on_batch on this machine; resnet50: resnet101 × their FLOPs ratio.
 # Pass --seconds_per_image or --measure_cost for a figure that fits your machine.
 DEFAULT_SECONDS_PER_IMAGE_64PX = {
@@ -545,7 +545,8 @@ def images_per_run(recipe: recipe_lib.Recipe, study: Optional[StudyConfig] = Non
 def default_seconds_per_image(recipe: recipe_lib.Recipe) -> float:
     h, w = recipe.data.image_size
     s = DEFAULT_SECONDS_PER_IMAGE_64PX.get(recipe.model.backbone, DEFAULT_SECONDS_PER_IMAGE_FALLBACK)
-    return s * (h * w) / (64 * 64)
+    # Below 64 px per-step overheads dominate, so smaller images are not proportionally cheaper.
+    return s * max(1.0, (h * w) / (64 * 64))
 
 
 def measure_seconds_per_image(recipe: recipe_lib.Recipe, batches: int = 3) -> float:
