@@ -168,7 +168,7 @@ def test_lr_grid_picks_on_validation(tmp_path):
 E2E_BASE = """
 name: e2e
 data: {source: synthetic_galaxies, synthetic: {count: 60}, image_size: [32, 32], batch_size: 16, val_fraction: 0.2, test_fraction: 0.2}
-model: {backbone: mobilenetv3small, weights: none, head: [{units: 16}]}
+model: {backbone: mobilenetv3small, weights: none, cut_after: block2, head: [{units: 16}]}
 train:
   tensorboard: false
   phases:
@@ -178,8 +178,6 @@ export: {savedmodel: false, keras: false, backbone_weights: false, verify: false
 """
 
 
-@pytest.mark.skipif(os.environ.get("KERAS_TL_E2E") != "1",
-                    reason="~2 CPU-minutes (4 real training runs); run with KERAS_TL_E2E=1")
 def test_end_to_end_study_with_real_training(tmp_path):
     """2 arms × 2 seeds through keras_tl.train.run on a tiny model, then the report (like study_smoke.yaml, smaller)."""
     pytest.importorskip("keras_tl.train")
@@ -199,6 +197,15 @@ def test_end_to_end_study_with_real_training(tmp_path):
     (c,) = study["comparisons"]
     assert c["n"] == 2 and c["a"] == "freeze all" and c["b"] == "freeze head_only"
     assert all(a["history"] for a in study["arms"])
+    # Every section of the report is there, the verdict first, the plots inline.
+    page = open(paths["html"], encoding="utf-8").read()
+    assert page.index("class='verdict'") < page.index("<h2>Arms</h2>") if "class='verdict'" in page else page.index('class="verdict"') < page.index("<h2>Arms</h2>")
+    for title in ["Arms", "Comparisons against the baseline", "Methods", *report.PLOT_TITLES.values()]:
+        assert f"<h2>{html.escape(title)}</h2>" in page, title
+    # Freeze depth, training curves, forest plot; metric-vs-data-size needs a data_fraction axis.
+    assert page.count("src='data:image/png;base64,") + page.count('src="data:image/png;base64,') >= len(report.PLOTS) - 1
+    md = open(paths["md"], encoding="utf-8").read()
+    assert study["verdict"] in md[: len(study["verdict"]) + 300]
 
 
 def test_loss_metric_lower_is_better_and_keeps_precision(tmp_path):
