@@ -1,0 +1,41 @@
+"""tools/bench.py runs and writes its JSON (figures are not checked: targets live in the tool, not in tests)."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "tools", "bench.py")
+
+
+def _run(*args, timeout=120):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, BENCH, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def test_help_lists_sections():
+    r = _run("--help")
+    assert r.returncode == 0, r.stderr
+    for word in ("--quick", "--out", "--sections", "overhead", "cache"):
+        assert word in r.stdout
+
+
+def test_unknown_section_is_one_line_exit_2():
+    r = _run("--sections", "overhed")
+    assert r.returncode == 2
+    assert "unknown section 'overhed'" in r.stderr and "overhead" in r.stderr
+
+
+def test_tiny_overhead_writes_json_with_expected_keys(tmp_path):
+    out = tmp_path / "bench.json"
+    r = _run("--tiny", "--sections", "overhead", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["tool"] == "bench" and result["mode"] == "tiny"
+    o = result["sections"]["overhead"]
+    for key in ("keras_tl_ips", "plain_ips", "overhead_ratio", "keras_tl_epoch_end_s"):
+        assert o[key]["n"] == 1 and o[key]["median"] is not None, key
+    assert o["keras_tl_ips"]["median"] > 0 and o["plain_ips"]["median"] > 0
+    assert result["summary"]["overhead_ratio"] == o["overhead_ratio"]["median"]
+    assert "overhead_ratio" in r.stdout  # the printed table
