@@ -100,6 +100,10 @@ def directory_source(data) -> Source:
         loose = [e for e in entries if e.lower().endswith(IMAGE_EXTS + ARRAY_EXTS)]
         hint = f" (found {len(loose)} files directly in it)" if loose else ""
         raise DataError(f"data.path: {root} has no class subfolders{hint}; expected {root}/<class name>/<images>")
+    odd = [c for c in class_names if not c.isprintable()]
+    if odd:
+        # Class names are written one per line (labels.txt) and printed; a newline would shift every label.
+        raise DataError(f"data.path: class folder name {odd[0]!r} in {root} holds control characters (e.g. a newline); rename the folder")
     if len(class_names) == 1:
         raise DataError(f"data.path: {root} has a single class folder {class_names[0]!r}; a classifier needs at least 2 classes")
     ids, paths, labels, ignored = [], [], [], []
