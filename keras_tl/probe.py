@@ -122,8 +122,6 @@ def run_probe(recipe: recipe_lib.Recipe, weights: Optional[Sequence[str]] = None
     workdir = workdir or os.path.join("runs", "probe", recipe.name)
     _make_dir(workdir)
 
-    import numpy as np
-
     from keras_tl.diagnostics import features as feats_lib
     from keras_tl.diagnostics import probes
 
@@ -238,6 +236,12 @@ def _plt():
     return plt
 
 
+def _short(label: str) -> str:
+    """A weights label for a legend: a file path becomes its file name."""
+    label = os.path.basename(label) if os.sep in label else label
+    return label if len(label) <= 28 else label[:27] + "…"
+
+
 def plot_probe(probe: dict, path: str) -> None:
     """Accuracy per stage: one line per weights source, linear solid, kNN dashed, chance dotted."""
     plt = _plt()
@@ -246,7 +250,7 @@ def plot_probe(probe: dict, path: str) -> None:
     x = list(range(len(stages)))
     for i, (label, r) in enumerate(probe["results"].items()):
         color = f"C{i}"
-        short = label if len(label) <= 28 else "…" + label[-27:]
+        short = _short(label)
         ax.plot(x, r["linear"], "-o", color=color, label=f"{short} linear")
         ax.plot(x, r["knn"], "--s", color=color, alpha=0.7, label=f"{short} kNN")
     ax.axhline(probe["chance"], color="grey", ls=":", lw=1, label="majority class")
@@ -271,7 +275,7 @@ def plot_bn_gap(probe: dict, path: str) -> None:
     for i, (label, g) in enumerate(probe["bn_gap"]["results"].items()):
         for ax, key in zip(axes, ("sym_kl", "mean_shift")):
             ys = [v if v is not None else float("nan") for v in g[key]]
-            ax.plot(x, ys, "-o", color=f"C{i}", label=label if len(label) <= 28 else "…" + label[-27:])
+            ax.plot(x, ys, "-o", color=f"C{i}", label=_short(label))
     axes[0].set_yscale("log")
     axes[0].set_ylabel("symmetric KL (mean over BN layers)")
     axes[1].set_ylabel("|mean shift| / running std")
