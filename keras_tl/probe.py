@@ -1,6 +1,6 @@
 """Per-stage probes, BN domain gap and fine-tuning change: cheap evidence before and after training.
 
-    python -m keras_tl.probe --recipe R [--weights W ...] [--workdir DIR] [--set k=v ...] [--cache_dir D]
+    python -m keras_tl.probe --recipe R [--weights W ...] [--reference R2] [--workdir DIR] [--set k=v ...] [--cache_dir D]
     python -m keras_tl.probe --compare RUN_DIR [--workdir DIR] [--max_images N]
 
 Probe mode: for every ``--weights`` (imagenet | none | a file; default: the recipe's model.weights
@@ -11,6 +11,10 @@ image size/channels and the data's split hashes, so a second call does no forwar
 probe and a cosine kNN probe per stage then answer "which blocks carry features useful for my
 data?". The whole backbone is probed: the recipe's model.cut_after and model.reinit are ignored.
 Writes probe.json, probe.png and bn_gap.png to the workdir (default runs/probe/<recipe name>).
+With ``--reference R2`` (a recipe for another dataset, same backbone, image size and channels), the
+Fréchet distance per stage between the two datasets' features under each weights source is added
+(probe.json "frechet", frechet.png), beside a floor: the distance between two random halves of the
+target's own training features, which is what finite samples give for identical distributions.
 
 Compare mode: for a finished ``keras_tl.train`` run, linear CKA per stage between the initial and
 the fine-tuned model on the same validation images, and the relative weight change per stage.
@@ -102,16 +106,32 @@ def feature_key_parts(recipe: recipe_lib.Recipe, info, entry, data_info: dict) -
 # --------------------------------------------------------------------- probe
 
 
+def check_reference(recipe: recipe_lib.Recipe, reference: recipe_lib.Recipe) -> None:
+    """The reference must be seen through the same network and input geometry as the target."""
+    for key, a, b in (("model.backbone", recipe.model.backbone, reference.model.backbone),
+                      ("data.image_size", list(recipe.data.image_size), list(reference.data.image_size)),
+                      ("data.channels", recipe.data.channels, reference.data.channels),
+                      ("data.resize", recipe.data.resize, reference.data.resize)):
+        if a != b:
+            raise UserError(f"--reference {reference.name}: {key} is {b!r} but the target recipe has {a!r}; "
+                            f"features are only comparable through the same backbone and input (use --set {key}=...)")
+
+
 def run_probe(recipe: recipe_lib.Recipe, weights: Optional[Sequence[str]] = None, workdir: Optional[str] = None, *,
-              cache_dir: Optional[str] = None, datasets=None, log=print) -> dict:
+              cache_dir: Optional[str] = None, datasets=None, reference: Optional[recipe_lib.Recipe] = None,
+              log=print) -> dict:
     """Probe every stage of ``recipe``'s backbone under each weights source; write probe.json,
     probe.png and bn_gap.png to ``workdir``. Returns the probe.json content.
 
-    ``datasets`` (a keras_tl.data.Datasets) skips building the data from the recipe.
+    ``datasets`` (a keras_tl.data.Datasets) skips building the data from the recipe. ``reference``
+    (a recipe for another dataset) adds the per-stage Fréchet distance between the two datasets.
     """
     t0 = time.time()
     weights = list(dict.fromkeys(weights or default_weights(recipe)))
     recipes = {w: recipe_for_weights(recipe, w) for w in weights}
+    if reference is not None:
+        check_reference(recipe, reference)
+        ref_recipes = {w: recipe_for_weights(reference, w) for w in weights}
 
     from keras_tl import backbones
     from keras_tl import weights as weights_lib
@@ -134,22 +154,30 @@ def run_probe(recipe: recipe_lib.Recipe, weights: Optional[Sequence[str]] = None
     class_names = list(datasets.class_names)
     cache = feats_lib.FeatureCache(cache_dir or feats_lib.default_cache_dir())
 
-    results: Dict[str, dict] = {}
-    gaps: Dict[str, dict] = {}
-    stages: Optional[List[str]] = None
-    for w in weights:
-        parts = feature_key_parts(recipes[w], infos[w], entry, datasets.info)
+    ref_datasets = None
+    if reference is not None:
+        from keras_tl import data as data_lib
+
+        ref_datasets = data_lib.build_datasets(reference, augment=False, shuffle=False)
+
+    def features(rec, info, ds, label):
+        parts = feature_key_parts(rec, info, entry, ds.info)
         key = feats_lib.cache_key(parts)
-        t_w = time.time()
         cached = cache.load(key)
         if cached is None:
-            splits, extra = _extract(recipes[w], infos[w], len(class_names), datasets, log=log, label=w)
+            splits, extra = _extract(rec, info, len(ds.class_names), ds, log=log, label=label)
             cache.save(key, splits, parts, extra)
-            hit = False
-        else:
-            splits, extra = cached
-            hit = True
-            log(f"keras_tl.probe: {w}: features from the cache ({cache.path(key)})")
+            return key, False, splits, extra
+        log(f"keras_tl.probe: {label}: features from the cache ({cache.path(key)})")
+        return key, True, cached[0], cached[1]
+
+    results: Dict[str, dict] = {}
+    gaps: Dict[str, dict] = {}
+    frechet: Dict[str, dict] = {}
+    stages: Optional[List[str]] = None
+    for w in weights:
+        t_w = time.time()
+        key, hit, splits, extra = features(recipes[w], infos[w], datasets, w)
         t_x = time.time() - t_w
         tr, va = splits["train"], splits["val"]
         stages = stages or list(tr.stages)
@@ -163,6 +191,11 @@ def run_probe(recipe: recipe_lib.Recipe, weights: Optional[Sequence[str]] = None
             gaps[w] = extra["bn_gap"]
         log(f"keras_tl.probe: {w}: linear {_fmt(res['linear'])}  knn {_fmt(res['knn'])}  "
             f"(features {t_x:.1f}s{' cached' if hit else ''}, fit {t_f:.1f}s)")
+        if ref_datasets is not None:
+            _, _, ref_splits, _ = features(ref_recipes[w], infos[w], ref_datasets, f"{w} (reference {reference.name})")
+            frechet[w] = frechet_per_stage(tr, ref_splits["train"], seed=recipe.seed)
+            log(f"keras_tl.probe: {w}: Fréchet target vs {reference.name} {_fmt(frechet[w]['distance'])}  "
+                f"(floor {_fmt(frechet[w]['floor'])})")
 
     tr_labels = splits["train"].labels
     va_labels = splits["val"].labels
@@ -185,11 +218,42 @@ def run_probe(recipe: recipe_lib.Recipe, weights: Optional[Sequence[str]] = None
         "data": {"source": datasets.info.get("source"), "split_hash": datasets.info.get("split_hash")},
         "wall_time_s": round(time.time() - t0, 2),
     }
+    if reference is not None:
+        out["frechet"] = {
+            "reference": {"recipe": reference.name, "source": ref_datasets.info.get("source"),
+                          "split_hash": ref_datasets.info.get("split_hash"), "count": int(ref_splits["train"].count)},
+            "measure": "Fréchet distance between Gaussians fitted to the pooled stage features of the target's and "
+                       "the reference's training images (FID's formula); floor: the same distance between two random "
+                       "halves of the target's training features; relative: distance / (tr C_target + tr C_reference)",
+            "results": frechet,
+        }
     _write_json(os.path.join(workdir, "probe.json"), out)
     plot_probe(out, os.path.join(workdir, "probe.png"))
     if gaps:
         plot_bn_gap(out, os.path.join(workdir, "bn_gap.png"))
+    if frechet:
+        plot_frechet(out, os.path.join(workdir, "frechet.png"))
     log(f"keras_tl.probe: wrote {os.path.join(workdir, 'probe.json')}")
+    return out
+
+
+def frechet_per_stage(target, reference, *, seed: int) -> Dict[str, list]:
+    """Per stage: Fréchet distance target vs reference, its split-half floor and the relative distance."""
+    import numpy as np
+
+    from keras_tl.diagnostics import bn_gap as gap_lib
+
+    out = {"distance": [], "floor": [], "relative": []}
+    perm = np.random.default_rng(seed).permutation(target.count)
+    half_a, half_b = perm[: target.count // 2], perm[target.count // 2:]
+    for stage in target.stages:
+        a = np.asarray(target.stages[stage], np.float64)
+        b = np.asarray(reference.stages[stage], np.float64)
+        d = gap_lib.frechet_distance(a, b)
+        scale = float(np.trace(np.atleast_2d(np.cov(a, rowvar=False))) + np.trace(np.atleast_2d(np.cov(b, rowvar=False))))
+        out["distance"].append(d)
+        out["floor"].append(gap_lib.frechet_distance(a[half_a], a[half_b]))
+        out["relative"].append(d / scale if scale > 0 else None)
     return out
 
 
@@ -261,6 +325,27 @@ def plot_probe(probe: dict, path: str) -> None:
     ax.set_title(f"{probe['recipe']}: {probe['backbone']} per-stage probes", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_frechet(probe: dict, path: str) -> None:
+    """Relative Fréchet distance target vs reference per stage, one line per weights source, floor dotted."""
+    plt = _plt()
+    stages = probe["stages"]
+    x = list(range(len(stages)))
+    fr = probe["frechet"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
+    for i, (label, r) in enumerate(fr["results"].items()):
+        scale = [d / rel if rel else float("nan") for d, rel in zip(r["distance"], r["relative"])]
+        ax.plot(x, r["relative"], "-o", color=f"C{i}", label=f"{_short(label)}")
+        ax.plot(x, [f / s for f, s in zip(r["floor"], scale)], ":", color=f"C{i}", label=f"{_short(label)} floor (split half)")
+    ax.set_xticks(x, stages)
+    ax.set_ylabel("Fréchet distance / (tr C_t + tr C_r)")
+    ax.set_title(f"{probe['recipe']} vs {fr['reference']['recipe']}: feature-space distance per stage", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -438,6 +523,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", action="append", default=[],
                    help="imagenet | none | a weights file; repeatable (default: the recipe's model.weights and none)")
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="K=V", help="recipe override, repeatable")
+    p.add_argument("--reference", metavar="RECIPE", help="a recipe for another dataset (same backbone and input): Fréchet distance per stage")
     p.add_argument("--workdir", help="output directory (probe: runs/probe/<recipe name>; compare: RUN_DIR/diagnostics)")
     p.add_argument("--cache_dir", help="feature cache directory (default $KERAS_TL_CACHE/features or ~/.cache/keras_tl/features)")
     p.add_argument("--compare", metavar="RUN_DIR", help="a finished keras_tl.train run: CKA and weight change per stage")
@@ -449,8 +535,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.compare:
-            if args.recipe or args.weights:
-                raise UserError("--compare takes a run directory only; drop --recipe/--weights (the run's recipe.yaml is used)")
+            if args.recipe or args.weights or args.reference:
+                raise UserError("--compare takes a run directory only; drop --recipe/--weights/--reference (the run's recipe.yaml is used)")
             if args.max_images < 2:
                 raise UserError(f"--max_images: CKA needs at least 2 images, got {args.max_images}")
             run_compare(args.compare, args.workdir, max_images=args.max_images)
@@ -458,7 +544,8 @@ def main(argv=None) -> int:
         if not args.recipe:
             raise UserError("--recipe is required, e.g. python -m keras_tl.probe --recipe recipes/probe_smoke.yaml (or --compare RUN_DIR)")
         recipe = recipe_lib.load(args.recipe, args.overrides)
-        run_probe(recipe, args.weights or None, args.workdir, cache_dir=args.cache_dir)
+        reference = recipe_lib.load(args.reference, args.overrides) if args.reference else None
+        run_probe(recipe, args.weights or None, args.workdir, cache_dir=args.cache_dir, reference=reference)
         return 0
     except UserError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

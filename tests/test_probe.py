@@ -204,3 +204,40 @@ def test_compare_cka_and_weight_change_per_stage(tmp_path):
     (run / "run.json").write_text(json.dumps(info))
     again = probe.run_compare(str(run), str(tmp_path / "cmp2"), max_images=8, log=lambda *_: None)
     assert again["initial_weights_check"].startswith("FAILED") and "block3" in again["initial_weights_check"]
+
+
+def _with_data(recipe, **synthetic):
+    d = recipe.data
+    import dataclasses
+
+    return dataclasses.replace(recipe, name="reference", data=dataclasses.replace(d, synthetic=dataclasses.replace(d.synthetic, **synthetic)))
+
+
+def test_reference_frechet_zero_for_the_same_data_and_above_the_floor_for_another_survey(tmp_path):
+    recipe = make_recipe()
+    quiet = dict(cache_dir=str(tmp_path / "cache"), log=lambda *_: None)
+    same = probe.run_probe(recipe, ["none"], str(tmp_path / "same"), reference=_with_data(recipe), **quiet)
+    fr = same["frechet"]["results"]["none"]
+    assert len(fr["distance"]) == len(same["stages"]) == len(fr["floor"])
+    scale = [d / r for d, r in zip(fr["distance"], fr["relative"]) if r]
+    assert all(abs(d) < 1e-6 * max(scale) for d in fr["distance"])  # identical features
+    assert all(f > 0 for f in fr["floor"])
+    assert (tmp_path / "same" / "frechet.png").stat().st_size > 5000
+    # Another survey (blurrier, noisier, other band response) and other galaxies: the input-side stage
+    # sees a distance well above what two halves of the target's own data give.
+    other = probe.run_probe(recipe, ["none"], str(tmp_path / "other"),
+                            reference=_with_data(recipe, survey="sdss", seed=777), **quiet)
+    fr = other["frechet"]["results"]["none"]
+    assert fr["distance"][0] > 2 * fr["floor"][0]
+    on_disk = json.loads((tmp_path / "other" / "probe.json").read_text())
+    assert on_disk["frechet"]["reference"]["recipe"] == "reference"
+
+
+def test_reference_must_share_backbone_and_input(tmp_path, capsys):
+    import dataclasses
+
+    recipe = make_recipe()
+    ref = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, image_size=(48, 48)))
+    with pytest.raises(probe.UserError, match=r"data.image_size is \[48, 48\] but the target recipe has \[32, 32\]"):
+        probe.run_probe(recipe, ["none"], str(tmp_path / "w"), reference=ref, log=lambda *_: None)
+    assert not (tmp_path / "w").exists()
