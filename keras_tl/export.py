@@ -155,12 +155,31 @@ def save_serving(model, path: str, hwc) -> None:
     tf.saved_model.save(module, path, signatures={SIGNATURE: fn, "serving_default": fn})
 
 
+def save_keras_for_inference(model, path: str) -> None:
+    """``model.save`` without the optimizer's state.
+
+    Keras 3's ``.keras`` format has no ``include_optimizer``: a compiled model stores its optimizer
+    variables too (Adam: two per weight, so a ResNet-50 export was 290 MB instead of 95 MB). An export
+    is for inference and for the next transfer; resuming training uses the run's checkpoints. The
+    optimizer is detached for the save only and put back whatever happens.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        model.save(path)
+        return
+    model.optimizer = None
+    try:
+        model.save(path)
+    finally:
+        model.optimizer = optimizer
+
+
 def _write(model, tmp: str, names: list, recipe, hwc) -> None:
     cfg = recipe.export
     if cfg.savedmodel:
         save_serving(model, os.path.join(tmp, "savedmodel"), hwc)
     if cfg.keras:
-        model.save(os.path.join(tmp, "model.keras"))
+        save_keras_for_inference(model, os.path.join(tmp, "model.keras"))
     if cfg.backbone_weights:
         try:
             backbone = model.get_layer("backbone")

@@ -96,6 +96,27 @@ def test_saved_model_stores_each_weight_once(exported):
     assert stored == model.count_params()
 
 
+def test_keras_file_leaves_the_optimizer_state_out(tmp_path):
+    import io
+    import zipfile
+
+    import h5py
+
+    keras.utils.set_random_seed(0)
+    model = tiny_model()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(samples(), np.array([0, 1, 2, 0]), verbose=0)
+    optimizer = model.optimizer
+    assert optimizer.variables
+    out = str(tmp_path / "export")
+    export.export_run(model, out, class_names=CLASSES, recipe=recipe(), sample_images=samples())
+    with zipfile.ZipFile(os.path.join(out, "model.keras")) as z:
+        with h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as f:
+            assert "optimizer" not in f and "layers" in f
+    assert model.optimizer is optimizer  # put back: training can go on
+    model.fit(samples(), np.array([0, 1, 2, 0]), verbose=0)
+
+
 def test_backbone_weights_transfer(exported):
     model, out, _ = exported
     fresh = tiny_model()
