@@ -61,7 +61,7 @@ PLANS = {
     "full": dict(overhead=dict(backbone="resnet101", size=64, batch=32, steps=12, rounds=4, count=1024),
                  headroom=dict(sizes=(64, 224), batch={64: 32, 224: 8}, steps=6, images=256),
                  utilisation=dict(backbone="resnet101", size=64, batch=32, steps=8, rounds=4, matmul=2048,
-                                  variants=("xla", "batch64")),
+                                  variants=("xla", "batch64", "bf16")),
                  cache=dict(backbone="resnet50", size=64, count=2000, epochs=10, batch=32),
                  memory=dict(backbone="resnet101", size=64, batch=32, steps=20, count=512, export=True),
                  startup=dict(variants=("default", "feature_cache_off"), size=64)),
@@ -305,6 +305,17 @@ def forward_flops(model) -> int:
     return int(total)
 
 
+def cpu_flags() -> list:
+    """The CPU's vector-instruction flags that matter for float32/bfloat16 speed (Linux only)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [w for w in wanted if w in flags]
+
+
 def matmul_flops(n: int, reps: int = 5) -> float:
     """Best FLOP/s of an n×n float32 matmul (tf.function, result forced to the host)."""
     import tensorflow as tf
@@ -337,9 +348,17 @@ def section_utilisation(p: dict, tmp: str) -> dict:
         variants["xla"] = dict(batch=p["batch"], jit=True)
     if "batch64" in p["variants"]:
         variants["batch64"] = dict(batch=64, jit=runtime.jit_compile)
+    if "bf16" in p["variants"]:  # worth trying only where the CPU has bf16 instructions (cpu_flags)
+        variants["bf16"] = dict(batch=p["batch"], jit=runtime.jit_compile, policy="mixed_bfloat16")
     fns, flops, models = {"matmul": lambda: {"flops": matmul_flops(p["matmul"])}}, {}, []
     for name, v in variants.items():
-        model, fn = _train_step_runner(recipe, v["batch"], p["steps"], v["jit"], runtime)
+        previous = keras.mixed_precision.global_policy().name
+        if v.get("policy"):  # the policy is read when layers are created: build this variant under it
+            keras.mixed_precision.set_global_policy(v["policy"])
+        try:
+            model, fn = _train_step_runner(recipe, v["batch"], p["steps"], v["jit"], runtime)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
         models.append(model)
         flops[name] = 3 * forward_flops(model)  # forward + input gradients + weight gradients
         fns[name] = fn
@@ -347,13 +366,13 @@ def section_utilisation(p: dict, tmp: str) -> dict:
     res = interleave(fns, p["rounds"])
     mm = [r["flops"] for r in res["matmul"]]
     out = {"backbone": p["backbone"], "image_size": p["size"], "matmul_n": p["matmul"],
-           "jit_compile_default": runtime.jit_compile, "matmul_gflops": spread([m / 1e9 for m in mm]),
+           "cpu_flags": cpu_flags(), "jit_compile_default": runtime.jit_compile, "matmul_gflops": spread([m / 1e9 for m in mm]),
            "train_step_gflops_per_image": round(flops["default"] / 1e9, 3), "variants": {},
            "seconds": round(time.perf_counter() - t0, 1)}
     for name, v in variants.items():
         ips = [r["ips"] for r in res[name]]
         util = [i * flops[name] / m for i, m in zip(ips, mm)]
-        out["variants"][name] = {"batch": v["batch"], "jit_compile": v["jit"], "ips": spread(ips),
+        out["variants"][name] = {"batch": v["batch"], "jit_compile": v["jit"], "policy": v.get("policy", "float32"), "ips": spread(ips),
                                  "achieved_gflops": spread([i * flops[name] / 1e9 for i in ips]),
                                  "utilisation": spread(util)}
         if name != "default":
@@ -517,6 +536,9 @@ def summarise(sections: dict) -> dict:
     u = sections.get("utilisation")
     if u:
         s["utilisation"] = u["utilisation"]["median"]
+        for name, v in u["variants"].items():
+            if "ips_ratio_vs_default" in v:
+                s[f"{name}_speedup"] = v["ips_ratio_vs_default"]["median"]
     m = sections.get("memory")
     if m:
         s["peak_rss_mb"] = m["peak_rss_mb"]
@@ -543,7 +565,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="seconds-long smoke mode for the test suite (figures meaningless)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--out", help="write every figure as JSON here")
-    ap.add_argument("--variants", help="utilisation variants to add, comma-separated: xla,batch64 (the full run has both)")
+    ap.add_argument("--variants", help="utilisation variants to add, comma-separated: xla,batch64,bf16 (the full run has xla and batch64)")
     ap.add_argument("--threads", help="INTRA,INTER: TensorFlow op thread pools (set before TF starts; default: TF's choice)")
     args = ap.parse_args(argv)
     if args.threads:
