@@ -99,6 +99,17 @@ def to_display(img: np.ndarray) -> np.ndarray:
     return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
 
 
+def distinct_labels(args: Sequence[str]) -> List[str]:
+    """The shortest path suffixes that tell the models apart (two study runs both end in seed0)."""
+    parts = [os.path.normpath(a).split(os.sep) for a in args]
+    for n in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-n:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [os.path.normpath(a) for a in args]
+
+
+
 class ModelView:
     """A loaded model plus what is needed to explain its predictions."""
 
@@ -118,7 +129,12 @@ class ModelView:
 
     @property
     def label(self) -> str:
-        return os.path.basename(os.path.normpath(self.arg))
+        return getattr(self, "_label", None) or os.path.basename(os.path.normpath(self.arg))
+
+    @label.setter
+    def label(self, value: str) -> None:
+        self._label = value
+
 
     def explain(self, images: np.ndarray, k: int):
         from keras_tl.diagnostics import gradcam
@@ -156,7 +172,7 @@ def render(path: str, image_name: str, rows: Sequence[dict]) -> None:
         disp = r["display"]
         cmap = "gray" if disp.ndim == 2 else None
         axes[i, 0].imshow(disp, cmap=cmap)
-        axes[i, 0].set_title(r["label"][:24], fontsize=7)
+        axes[i, 0].set_title(r["label"] if len(r["label"]) <= 40 else "…" + r["label"][-39:], fontsize=6)
         axes[i, 1].imshow(disp, cmap=cmap)
         axes[i, 1].imshow(r["heat"], cmap="jet", alpha=0.45, vmin=0, vmax=1)
         axes[i, 1].set_title(f"Grad-CAM: {r['pred'][:18]} {r['prob']:.2f}", fontsize=7)
@@ -183,6 +199,8 @@ def run(models: Sequence[str], images: Sequence[str], out_dir: str, *, maps: int
         if not os.path.isfile(p):
             raise DataError(f"{p}: image file not found")
     views = [ModelView(m) for m in models]
+    for v, name in zip(views, distinct_labels(models)):
+        v.label = name
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:

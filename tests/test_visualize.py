@@ -135,3 +135,13 @@ def test_visualize_cli_errors(tmp_path, two_models, capsys):
     assert visualize.main(["--model", run_dir, "--out", str(tmp_path / "o"), str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.png" in err and "cannot read" in err
+
+
+def test_model_labels_tell_study_runs_apart():
+    from keras_tl.visualize import distinct_labels
+
+    a = "runs/study/runs/pretrained_1-abc/lr1/seed0"
+    b = "runs/study/runs/scratch_1-def/lr1/seed0"
+    assert distinct_labels([a, b]) == ["pretrained_1-abc/lr1/seed0", "scratch_1-def/lr1/seed0"]
+    assert distinct_labels(["x/a.keras", "y/b.keras"]) == ["a.keras", "b.keras"]
+    assert distinct_labels(["only/one"]) == ["one"]
