@@ -66,21 +66,14 @@ class Predictor:
 
 
 def resize(image, size: Tuple[int, int], mode: str):
-    """Resize like the training pipeline (keras_tl.data.pipeline.resize): ``resize`` bilinear,
-    ``pad`` keeps aspect and zero-pads, ``center_crop`` takes the central window at the
-    original scale."""
-    import tensorflow as tf
-
-    h, w = size
-    if mode == "resize":
-        image = tf.image.resize(image, (h, w))
-    elif mode == "pad":
-        image = tf.image.resize_with_pad(image, h, w)
-    elif mode == "center_crop":
-        image = tf.image.resize_with_crop_or_pad(image, h, w)
-    else:
+    """Resize exactly as the training pipeline does (keras_tl.data.pipeline.resize: one function,
+    so serving cannot drift from training): ``resize`` bilinear, ``pad`` keeps aspect and
+    zero-pads, ``center_crop`` takes the central window at the original scale."""
+    if mode not in ("resize", "pad", "center_crop"):
         raise UserError(f"export.json: unknown resize mode {mode!r}; valid: resize, pad, center_crop")
-    return tf.cast(image, tf.float32)
+    from keras_tl.data import pipeline
+
+    return pipeline.resize(image, size, mode)
 
 
 def read_image(path: str, size: Tuple[int, int], channels: int, mode: str = "resize") -> np.ndarray:
