@@ -164,9 +164,6 @@ def save_keras_for_inference(model, path: str) -> None:
     optimizer is detached for the save only and put back whatever happens.
     """
     optimizer = getattr(model, "optimizer", None)
-    if optimizer is None:
-        model.save(path)
-        return
     model.optimizer = None
     try:
         model.save(path)

@@ -109,7 +109,6 @@ def distinct_labels(args: Sequence[str]) -> List[str]:
     return [os.path.normpath(a) for a in args]
 
 
-
 class ModelView:
     """A loaded model plus what is needed to explain its predictions."""
 
@@ -119,6 +118,7 @@ class ModelView:
         from keras_tl.probe import load_run_model
 
         self.arg = arg
+        self.label = os.path.basename(os.path.normpath(arg))  # run() makes labels distinct
         self.path = resolve_model_path(arg)
         self.model = load_run_model(self.path)
         shape = tuple(self.model.input.shape[1:])
@@ -126,15 +126,6 @@ class ModelView:
         self.class_names = class_names_for(self.path, int(self.model.output.shape[-1]))
         self.split = gradcam.split_at_backbone(self.model)
         self.stage_model = model_lib.stage_model(self.model)
-
-    @property
-    def label(self) -> str:
-        return getattr(self, "_label", None) or os.path.basename(os.path.normpath(self.arg))
-
-    @label.setter
-    def label(self, value: str) -> None:
-        self._label = value
-
 
     def explain(self, images: np.ndarray, k: int):
         from keras_tl.diagnostics import gradcam

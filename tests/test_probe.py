@@ -233,7 +233,7 @@ def test_reference_frechet_zero_for_the_same_data_and_above_the_floor_for_anothe
     assert on_disk["frechet"]["reference"]["recipe"] == "reference"
 
 
-def test_reference_must_share_backbone_and_input(tmp_path, capsys):
+def test_reference_must_share_backbone_and_input(tmp_path):
     import dataclasses
 
     recipe = make_recipe()

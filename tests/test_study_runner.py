@@ -208,14 +208,19 @@ def test_unreadable_claim_is_stale_only_after_grace(tmp_path):
     assert res.ran == [run.key]
 
 
-def test_default_runs_each_training_run_in_a_fresh_process(tmp_path):
-    """Memory: TF keeps ~350 MB per finished run in one process, so the default is a child per run.
+def test_default_runs_each_training_run_in_a_fresh_process(tmp_path, monkeypatch):
+    """Memory: TF keeps 320-350 MB per finished run in one process, so the default is a child per run.
     A child that fails (here: a folder that does not exist, exit 2) is an error naming its status."""
     import pytest
 
     from keras_tl import recipe as recipe_lib
 
-    assert runner._default_run_fn() is runner.run_in_subprocess
+    plan = make_plan(tmp_path)
+    fake = FakeTrain()
+    monkeypatch.setattr(runner, "run_in_subprocess", fake)
+    runner.run_plan(plan, str(tmp_path / "wd"), log=lambda s: None)  # no run_fn: the default
+    assert len(fake.completed) == len(plan.runs)
+    monkeypatch.undo()
     bad = recipe_lib.from_dict({"name": "x", "data": {"source": "directory", "path": str(tmp_path / "missing")},
                                 "model": {"backbone": "resnet50", "weights": "none"}})
     with pytest.raises(RuntimeError, match="exited with status 2"):

@@ -565,7 +565,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="seconds-long smoke mode for the test suite (figures meaningless)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--out", help="write every figure as JSON here")
-    ap.add_argument("--variants", help="utilisation variants to add, comma-separated: xla,batch64,bf16 (the full run has xla and batch64)")
+    ap.add_argument("--variants", help="utilisation variants to add, comma-separated: xla,batch64,bf16 (the full run has all three)")
     ap.add_argument("--threads", help="INTRA,INTER: TensorFlow op thread pools (set before TF starts; default: TF's choice)")
     args = ap.parse_args(argv)
     if args.threads:

@@ -43,7 +43,7 @@ _define("bool", "dry_run", False, "Print the plan and its cost, then stop.")
 _define("bool", "report_only", False, "Only (re)build the report from the finished runs in --workdir.")
 _define("bool", "keep_going", False, "Log a failing run and continue with the next one (default: stop).")
 _define("bool", "in_process", False, "Run every training run inside this process: no per-run start-up, but "
-        "TensorFlow keeps ~350 MB per finished run (default: a fresh process per run).")
+        "TensorFlow keeps 320-350 MB per finished run (default: a fresh process per run).")
 _define("float", "seconds_per_image", None, "CPU seconds per training image for the cost estimate.")
 _define("bool", "measure_cost", False, "Measure seconds per image with a few training steps of the base model.")
 
