@@ -169,6 +169,19 @@ def feature_extractor(model) -> keras.Model:
     return keras.Model(model.input, model.get_layer("pool").output, name="features")
 
 
+def inference_function(model):
+    """``model(x, training=False)`` compiled once for every batch size (float32 pixels in).
+
+    One trace with an unknown batch dimension. ``reduce_retracing`` traced twice instead (the
+    full batch, then the last partial one), which cost ResNet-50 0.9 s per call site.
+    """
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, *model.input.shape[1:]], tf.float32)
+    fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    return lambda x: fn(tf.cast(x, tf.float32))
+
+
 def head_model(model) -> keras.Model:
     """pooled features → predictions, sharing the head layers with ``model``."""
     names = [l.name for l in model.layers]

@@ -154,8 +154,6 @@ def create_workdir(workdir: str, recipe: recipe_lib.Recipe, resuming: bool) -> b
 
 
 def _lr_schedule(phase: recipe_lib.Phase, steps_per_epoch: int):
-    import keras
-
     total = max(1, phase.epochs * steps_per_epoch)
     warmup = int(round(phase.warmup_epochs * steps_per_epoch))
     boundaries = [e * steps_per_epoch for e in phase.step_epochs]
@@ -250,11 +248,12 @@ def _encode_labels(ds, num_outputs: int):
 def evaluate(model, ds, class_names, top_k: int) -> Dict[str, Any]:
     """Loss, accuracy, top-k, per-class precision/recall/F1, ROC-AUC and the confusion matrix on ``ds``."""
     import numpy as np
-    import tensorflow as tf
     from sklearn import metrics as skm
 
+    from keras_tl import model as model_lib
+
     # Compiled once: calling a ResNet eagerly batch by batch is 2-3x slower (tools/bench.py).
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    forward = model_lib.inference_function(model)
     probs, labels = [], []
     for x, y in ds:
         probs.append(np.asarray(forward(x), dtype=np.float64))
@@ -578,7 +577,9 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
         if reason is None:
             log(f"keras_tl: {label}: frozen backbone, no augmentation: training the head on cached features")
             fe, head = model_lib.feature_extractor(model), model_lib.head_model(model)
+            t_extract = time.time()
             feats = _cached_features(fe, datasets, recipe, num_outputs, seed=recipe.seed + index)
+            extract_s = round(time.time() - t_extract, 2)
             head.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=runtime.jit_compile,
                          steps_per_execution=recipe.train.steps_per_execution)
             f_train = feats["train"].repeat() if phase.steps_per_epoch else feats["train"]
@@ -586,6 +587,7 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
             if _exists(best_path):
                 head.load_weights(best_path)
         else:
+            extract_s = None
             log(f"keras_tl: {label}: full forward/backward path ({reason})")
             model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=runtime.jit_compile,
                           steps_per_execution=recipe.train.steps_per_execution)
@@ -605,6 +607,7 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
             "images_seen": int(epochs_run * (phase.steps_per_epoch * batch if phase.steps_per_epoch else n_train)),
             "wall_time_s": round(time.time() - t_phase, 2),
             "path": "cached_features" if reason is None else "full",
+            "feature_extraction_s": extract_s,
             "fast_path_skipped_because": reason,
         })
         faults.point(f"phase_end:{index}")
@@ -679,15 +682,19 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
 def _cached_features(fe, datasets, recipe, num_outputs: int, seed: int):
     """Backbone features of the (unaugmented) train and val sets, computed once.
 
-    Reads the run's own datasets (the fast path requires augmentation off, so they are the
-    plain images; re-building them would generate or decode every image again) through one
-    compiled inference-mode function: graph mode runs the frozen backbone 2-3x faster than
-    calling the model eagerly batch by batch (tools/bench.py, section cache).
+    Reads the run's own datasets (re-building them would generate or decode every image again)
+    through one compiled inference-mode function: graph mode runs the frozen backbone 2-3x faster
+    than calling the model eagerly batch by batch (tools/bench.py, section cache). The train
+    features come from ``train_in_order`` and are then shuffled with ``seed`` alone, so two runs
+    with the same seed train the head on the same sequence of batches whatever tf.data's
+    parallel map did and however often the shuffled train set was read before.
     """
     import numpy as np
     import tensorflow as tf
 
-    forward = tf.function(lambda x: fe(x, training=False), reduce_retracing=True)
+    from keras_tl import model as model_lib
+
+    forward = model_lib.inference_function(fe)
 
     def extract(ds):
         xs, ys = [], []
@@ -702,7 +709,7 @@ def _cached_features(fe, datasets, recipe, num_outputs: int, seed: int):
         return np.eye(num_outputs, dtype=np.float32)[y.astype(int)]
 
     bs = recipe.data.batch_size
-    xtr, ytr = extract(datasets.train)
+    xtr, ytr = extract(datasets.train_in_order)
     xva, yva = extract(datasets.val)
     train = tf.data.Dataset.from_tensor_slices((xtr, encode(ytr))).shuffle(len(xtr), seed=seed, reshuffle_each_iteration=True).batch(bs)
     val = tf.data.Dataset.from_tensor_slices((xva, encode(yva))).batch(bs)

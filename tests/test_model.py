@@ -125,3 +125,21 @@ def test_sub_models_share_layers():
     np.testing.assert_allclose(np.asarray(stages["top"]).mean(axis=(1, 2)), feats, rtol=1e-5, atol=1e-5)
     head = M.head_model(m)
     assert head.get_layer("head_dense_0") is m.get_layer("head_dense_0")
+
+
+def test_inference_function_traces_once_for_every_batch_size():
+    traces = []
+
+    class Count(keras.layers.Layer):
+        def call(self, x):
+            traces.append(1)  # Python runs while tracing only
+            return x * 2.0
+
+    inp = keras.Input((4, 4, 3))
+    model = keras.Model(inp, Count()(inp))
+    traces.clear()  # building the functional model called the layer once
+    fn = M.inference_function(model)
+    for n in (8, 8, 3, 1, 8):  # full batches, then a last partial one, as in a dataset pass
+        out = np.asarray(fn(np.ones((n, 4, 4, 3), np.uint8)))  # any dtype in: cast to float32
+        assert out.shape == (n, 4, 4, 3) and out.dtype == np.float32
+    assert len(traces) == 1

@@ -186,3 +186,45 @@ def test_missing_imagenet_weights_stop_fast_and_leave_no_run_dir(tmp_path):
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and str(env_home) in last and "model.weights" in last
     assert not wd.exists()  # so the corrected recipe is not refused as "a different recipe"
+
+
+def test_cached_head_phase_repeats_without_determinism_flags(tmp_path):
+    """The fast path reads the train images in pool order and shuffles the features with the seed
+    alone: two runs with one seed train the head identically even with tf.data's parallel map
+    free to reorder (data.deterministic: false) and without op determinism. (Before, the features'
+    order followed the shuffled, non-deterministic train set, and same-seed study arms diverged.)"""
+    from keras_tl import train
+
+    raw = json.loads(json.dumps(TINY))
+    raw["data"]["synthetic"]["count"] = 600
+    raw["data"]["deterministic"] = False
+    raw["train"]["deterministic"] = False
+    raw["train"]["phases"] = [{"name": "head", "trainable": "head", "epochs": 3, "lr": 3e-3}]
+    raw["export"] = {"savedmodel": False, "keras": False}
+    recipe = recipe_lib.load(_write_recipe(tmp_path, raw))
+    runs = [train.run(recipe, str(tmp_path / f"r{i}"), log=lambda *a: None) for i in range(2)]
+    for i in range(2):
+        with open(tmp_path / f"r{i}" / "run.json") as f:
+            assert json.load(f)["phases"][0]["path"] == "cached_features"
+    assert runs[0]["history"] == runs[1]["history"]
+
+
+def test_train_in_order_is_the_pool_order(tmp_path):
+    """train_in_order: every training example once, in the pool's order, never augmented, however
+    often the shuffled and augmented train set was read before."""
+    from keras_tl import data as data_lib
+
+    raw = json.loads(json.dumps(TINY))
+    raw["data"]["augment"] = {"flip": True, "rot90": True, "brightness": 0.2}
+    raw["data"]["deterministic"] = False
+    recipe = recipe_lib.load(_write_recipe(tmp_path, raw))
+    ds = data_lib.build_datasets(recipe)
+    plain = data_lib.build_datasets(recipe, augment=False, shuffle=False)
+    for _ in ds.train:  # advance the shuffle and augmentation state
+        pass
+    got = [(np.asarray(x), np.asarray(y)) for x, y in ds.train_in_order]
+    want = [(np.asarray(x), np.asarray(y)) for x, y in plain.train]
+    np.testing.assert_array_equal(np.concatenate([y for _, y in got]), np.concatenate([y for _, y in want]))
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in got]), np.concatenate([x for x, _ in want]))
+    shuffled = np.concatenate([np.asarray(y) for _, y in ds.train])
+    assert not np.array_equal(shuffled, np.concatenate([y for _, y in want]))  # train itself is shuffled

@@ -40,6 +40,10 @@ class Datasets:
     class_counts: Dict[str, List[int]]
     class_weights: Optional[Dict[int, float]]
     info: dict
+    # The train split in its pool order: unshuffled, unaugmented, uncached, deterministic. What a
+    # single pass over the training images should read (the frozen-backbone fast path), so its
+    # result depends neither on tf.data's parallelism nor on how often ``train`` was iterated.
+    train_in_order: Optional[tf.data.Dataset] = None
 
 
 # -------------------------------------------------------------------- decoding
@@ -322,10 +326,11 @@ def _element_dataset(source: Source, pool: Pool, data, full_size: Dict[str, int]
     )
 
 
-def _finish(ds, split, n, data, *, ordered, seed, batch_size, drop_remainder, train_aug, shuffle, clip_max, cache_tag):
-    if data.cache == "memory":
+def _finish(ds, split, n, data, *, ordered, seed, batch_size, drop_remainder, train_aug, shuffle, clip_max, cache_tag,
+            cache=True):
+    if cache and data.cache == "memory":
         ds = ds.cache()
-    elif data.cache != "none":
+    elif cache and data.cache != "none":
         prefix = f"{data.cache}.{split}.{cache_tag}"
         parent = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         if parent and not tf.io.gfile.exists(parent):
@@ -405,6 +410,7 @@ def build_datasets(
                 )
     clip_max = 255.0 if source.eight_bit else None
     out = {}
+    train_in_order = None
     for i, s in enumerate(SPLITS):
         if s not in counts:
             out[s] = None
@@ -412,20 +418,15 @@ def build_datasets(
         is_train = s == "train"
         ordered = not (is_train and shuffle)
         ds = _element_dataset(source, pools[s], data, full_size, ordered)
-        out[s] = _finish(
-            ds,
-            s,
-            counts[s],
-            data,
-            ordered=ordered,
-            seed=int(recipe.seed) * 7 + i,
-            batch_size=batch_size,
-            drop_remainder=drop_remainder,
-            train_aug=is_train and augment and augment_lib.is_active(data.augment),
-            shuffle=is_train and shuffle,
-            clip_max=clip_max,
-            cache_tag=f"{hashes[s]}-{data.image_size[0]}x{data.image_size[1]}-{data.resize}-{data.channels}",
-        )
+        common = dict(seed=int(recipe.seed) * 7 + i, batch_size=batch_size, drop_remainder=drop_remainder, clip_max=clip_max,
+                      cache_tag=f"{hashes[s]}-{data.image_size[0]}x{data.image_size[1]}-{data.resize}-{data.channels}")
+        train_aug = is_train and augment and augment_lib.is_active(data.augment)
+        out[s] = _finish(ds, s, counts[s], data, ordered=ordered, train_aug=train_aug, shuffle=is_train and shuffle, **common)
+        if is_train:
+            # Same element dataset (images are not generated or listed twice); the element map
+            # follows the options, which _finish makes deterministic for an ordered dataset.
+            train_in_order = out[s] if ordered and not train_aug else _finish(
+                ds, s, counts[s], data, ordered=True, train_aug=False, shuffle=False, cache=False, **common)
     class_weights = split_lib.balanced_class_weights(class_counts["train"]) if data.class_weights else None
     info = {
         "source": source.description,
@@ -448,4 +449,5 @@ def build_datasets(
         class_counts=class_counts,
         class_weights=class_weights,
         info=info,
+        train_in_order=train_in_order,
     )

@@ -119,9 +119,9 @@ class _BNAccumulator:
 def make_step(tap_model):
     """The compiled inference step of ``tap_model``; pass it to every :func:`extract` call on that
     model so the graph is traced once, not once per split."""
-    import tensorflow as tf
+    from keras_tl import model as model_lib
 
-    return tf.function(lambda x: tap_model(x, training=False), reduce_retracing=True)
+    return model_lib.inference_function(tap_model)
 
 
 def extract(tap_model, dataset: Iterable, taps: Taps, *, bn: bool = True, step=None) -> SplitFeatures:
