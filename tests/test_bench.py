@@ -39,3 +39,14 @@ def test_tiny_overhead_writes_json_with_expected_keys(tmp_path):
     assert o["keras_tl_ips"]["median"] > 0 and o["plain_ips"]["median"] > 0
     assert result["summary"]["overhead_ratio"] == o["overhead_ratio"]["median"]
     assert "overhead_ratio" in r.stdout  # the printed table
+
+
+def test_frozen_step_tool_runs_tiny():
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench_frozen_step.py"), "--backbone", "mobilenetv3small",
+                        "--size", "32", "--batch", "4", "--batches", "2", "--rounds", "1"],
+                       capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["trainable_weights"] > 0 and out["inference_over_frozen_train_step"]["median"] > 0
+    assert set(out["images_per_s"]) == {"frozen_train_step", "inference"}
