@@ -209,3 +209,30 @@ def test_cli_dry_run_and_user_error(tmp_path):
     r = _cli("--recipe", path, "--dry_run", "--set", "study.sedes=3")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("keras_tl.study: error:") and "did you mean seeds?" in r.stderr
+
+
+_REPO_RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
+_STUDY_RECIPES = sorted(
+    os.path.join(_REPO_RECIPES, f) for f in os.listdir(_REPO_RECIPES)
+    if f.endswith(".yaml") and "study" in recipe_lib.load_raw(os.path.join(_REPO_RECIPES, f))
+)
+
+
+@pytest.mark.parametrize("path", _STUDY_RECIPES, ids=os.path.basename)
+def test_repo_study_recipes_expand(path):
+    plan = plan_lib.load_plan(path)
+    assert plan.runs and plan.arms
+    assert len({r.key for r in plan.runs}) == len(plan.runs)
+
+
+def test_budget_study_reuses_the_transfer_study_runs():
+    """survey_budget_study's x1 arms are, run for run, the same training recipes as
+    survey_transfer_study's 100%-data runs (only the name differs), so finished runs can be copied."""
+    def text(r):
+        return "\n".join(l for l in recipe_lib.dump(r.recipe).splitlines() if not l.startswith("name:"))
+
+    old = {text(r) for r in plan_lib.load_plan(os.path.join(_REPO_RECIPES, "survey_transfer_study.yaml")).runs}
+    new = plan_lib.load_plan(os.path.join(_REPO_RECIPES, "survey_budget_study.yaml"))
+    shared = [r for r in new.runs if text(r) in old]
+    assert len(shared) == 16 and all("_x1_" in r.arm_id for r in shared)
+    assert not [r for r in new.runs if "_x3_" in r.arm_id and text(r) in old]
