@@ -162,7 +162,7 @@ def _tpu_strategy(name: Optional[str], zone: Optional[str], project: Optional[st
         # On a TPU VM the chips appear as /dev/accel* (v2-v4) or /dev/vfio/* (v5+); without
         # them initialize_tpu_system fails anyway, this just says why more plainly.
         if not glob.glob("/dev/accel*") and not glob.glob("/dev/vfio/[0-9]*"):
-            raise DistributeError(f"train.tpu.name: local, but this machine has no TPU devices (/dev/accel*, /dev/vfio/*); run on a Cloud TPU VM or use train.distribute: auto")
+            raise DistributeError("train.tpu.name: local, but this machine has no TPU devices (/dev/accel*, /dev/vfio/*); run on a Cloud TPU VM or use train.distribute: auto")
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=name, zone=zone, project=project)
         master = resolver.master()

@@ -13,7 +13,6 @@ import sys
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from keras_tl import recipe as recipe_lib

@@ -1,6 +1,5 @@
 """export.export_run (atomic, verified) and keras_tl.predict (library and CLI)."""
 
-import json
 import os
 import subprocess
 import sys

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_tl import backbones, freeze, model as M, recipe as R
+from keras_tl import freeze, model as M, recipe as R
 from keras_tl.errors import UserError
 
 

@@ -1,7 +1,6 @@
 """keras_tl.probe end to end on real keras_tl models (MobileNetV3-Small, 32 px, synthetic galaxies)."""
 
 import json
-import os
 
 import numpy as np
 import pytest

@@ -30,7 +30,6 @@ import difflib
 import hashlib
 import itertools
 import json
-import math
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 

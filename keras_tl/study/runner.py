@@ -30,7 +30,7 @@ import socket
 import time
 import traceback
 import uuid
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from keras_tl.errors import UserError, WorkdirError
 from keras_tl.study.plan import Plan, Run
