@@ -239,6 +239,11 @@ def setup(recipe, *, tpu_flags: Optional[Mapping[str, Optional[str]]] = None) ->
     import tensorflow as tf
 
     t = recipe.train
+    if t.jit_compile is True and t.deterministic:
+        # Keras compiles without XLA, silently, whenever op determinism is on (model_supports_jit).
+        raise DistributeError(
+            "train.jit_compile: true cannot be combined with train.deterministic: true (Keras turns XLA off under "
+            "TensorFlow op determinism); set train.jit_compile: auto for reproducible runs, or train.deterministic: false for XLA")
     tpu = {"name": t.tpu.name, "zone": t.tpu.zone, "project": t.tpu.project}
     for key, value in (tpu_flags or {}).items():
         if key not in tpu:
@@ -275,7 +280,8 @@ def setup(recipe, *, tpu_flags: Optional[Mapping[str, Optional[str]]] = None) ->
             raise DistributeError(f"train.distribute: unknown value {kind!r}; valid: auto, default, mirrored, multi_worker, tpu")
 
     keras.mixed_precision.set_global_policy(policy)
-    jit = t.jit_compile if isinstance(t.jit_compile, bool) else device == "tpu"
+    # auto: XLA on TPU, except under op determinism, where Keras would drop it anyway (recorded as is).
+    jit = t.jit_compile if isinstance(t.jit_compile, bool) else (device == "tpu" and not t.deterministic)
     return Runtime(
         strategy=strategy,
         policy=policy,

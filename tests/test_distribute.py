@@ -67,7 +67,26 @@ def test_each_precision_trains_one_step_with_float32_output(precision, compute):
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-3)
 
 
-def test_jit_compile_true_compiles_and_fits_on_cpu():
+@pytest.fixture
+def _op_determinism_off():
+    """Op determinism is process-wide and another test's training run may have turned it on;
+    under it Keras compiles without XLA, which is what the next test must not see."""
+    from tensorflow.python.framework import config as tf_config
+
+    was = tf_config.is_op_determinism_enabled()
+    tf_config.disable_op_determinism()
+    yield
+    if was:
+        tf_config.enable_op_determinism()
+
+
+def test_jit_compile_true_with_deterministic_is_refused():
+    with pytest.raises(distribute.DistributeError, match=r"train\.jit_compile: true cannot be combined with train\.deterministic"):
+        distribute.setup(recipe(jit_compile=True, deterministic=True, distribute="default"))
+    assert distribute.setup(recipe(deterministic=True, distribute="default")).jit_compile is False
+
+
+def test_jit_compile_true_compiles_and_fits_on_cpu(_op_determinism_off):
     rt = distribute.setup(recipe(jit_compile=True, distribute="default", precision="float32"))
     assert rt.jit_compile is True and rt.needs_static_shapes is False
     model = tiny_model()

@@ -228,3 +228,17 @@ def test_train_in_order_is_the_pool_order(tmp_path):
     np.testing.assert_array_equal(np.concatenate([x for x, _ in got]), np.concatenate([x for x, _ in want]))
     shuffled = np.concatenate([np.asarray(y) for _, y in ds.train])
     assert not np.array_equal(shuffled, np.concatenate([y for _, y in want]))  # train itself is shuffled
+
+
+def test_checkpoints_hold_weights_without_optimizer_state(finished_run):
+    """Keras 3's save_weights also writes the optimizer's variables (3x the size with Adam); the
+    best and phase checkpoints are only loaded as weights, so they must not carry them."""
+    import h5py
+
+    _, workdir, _ = finished_run
+    ckpts = sorted(f for f in os.listdir(os.path.join(workdir, "checkpoints")) if f.endswith(".weights.h5"))
+    assert {"best_0.weights.h5", "best_1.weights.h5", "phase0.weights.h5", "phase1.weights.h5"} <= set(ckpts)
+    for name in ckpts:
+        with h5py.File(os.path.join(workdir, "checkpoints", name), "r") as f:
+            assert "optimizer" not in f, name
+            assert "layers" in f, name
