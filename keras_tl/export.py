@@ -163,12 +163,10 @@ def save_keras_for_inference(model, path: str) -> None:
     is for inference and for the next transfer; resuming training uses the run's checkpoints. The
     optimizer is detached for the save only and put back whatever happens.
     """
-    optimizer = getattr(model, "optimizer", None)
-    model.optimizer = None
-    try:
+    from keras_tl import model as model_lib
+
+    with model_lib.optimizer_detached(model):
         model.save(path)
-    finally:
-        model.optimizer = optimizer
 
 
 def _write(model, tmp: str, names: list, recipe, hwc) -> None:

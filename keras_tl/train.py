@@ -365,36 +365,20 @@ def _fault_callback(phase_index: int):
     return FaultPoints()
 
 
-class _optimizer_detached:
-    """``with _optimizer_detached(model):`` the model has no optimizer inside the block.
-
-    Keras 3's ``save_weights`` writes the optimizer's variables too (Adam: two per weight, so a
-    fine-tuned ResNet-50 checkpoint was 277 MB instead of 97 MB, and a study run kept 746 MB of
-    checkpoints). The best and phase checkpoints are only ever loaded as weights (the next phase
-    compiles a new optimizer); exact mid-phase resume uses BackupAndRestore, which keeps the state.
-    """
-
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.optimizer = getattr(self.model, "optimizer", None)
-        self.model.optimizer = None
-        return self.model
-
-    def __exit__(self, *exc):
-        self.model.optimizer = self.optimizer
-        return False
-
-
 def _save_weights(model, path: str) -> None:
-    with _optimizer_detached(model):
+    """Weights only: the best and phase checkpoints are loaded as weights (the next phase compiles
+    a new optimizer); exact mid-phase resume uses BackupAndRestore, which keeps the optimizer state."""
+    from keras_tl import model as model_lib
+
+    with model_lib.optimizer_detached(model):
         model.save_weights(path)
 
 
 def _load_weights(model, path: str) -> None:
+    from keras_tl import model as model_lib
+
     # Detached here too: a file without optimizer state would otherwise warn on every load.
-    with _optimizer_detached(model):
+    with model_lib.optimizer_detached(model):
         model.load_weights(path)
 
 
@@ -404,6 +388,8 @@ def _best_checkpoint(path: str, monitor: str, phase_index: int, *, resuming: boo
     backup keeps comparing against the best epoch so far. A kill during a write leaves the
     previous best intact; a phase that starts over (no backup) starts a fresh record."""
     import keras
+
+    from keras_tl import model as model_lib
 
     record, partial = path + ".json", path[: -len(".weights.h5")] + ".partial.weights.h5"
     best = None
@@ -419,7 +405,7 @@ def _best_checkpoint(path: str, monitor: str, phase_index: int, *, resuming: boo
 
     class BestWeights(keras.callbacks.ModelCheckpoint):
         def on_epoch_end(self, epoch, logs=None):
-            with _optimizer_detached(self.model):
+            with model_lib.optimizer_detached(self.model):  # weights only, as _save_weights
                 super().on_epoch_end(epoch, logs)
             if not _exists(partial):
                 return
