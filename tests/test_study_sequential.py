@@ -86,8 +86,11 @@ def test_outcomes_better_worse_equivalent_out_of_seeds_out_of_budget():
     # At 6 seeds the 1 - 0.05/2 RCI (two comparisons) still reaches past the 1-point margin.
     assert eq["same"].history[1]["mean"] - DESIGN.critical(0.025)[1] * eq["same"].history[1]["sd"] / math.sqrt(6) < -1
     assert eq["noisy"].status == sq.OUT_OF_SEEDS
-    out = sq.replay(DESIGN, {"noisy": base * 30 + 1}, budget_looks=2).tracks["noisy"]
-    assert out.status == sq.OUT_OF_BUDGET and out.n == 6
+    asked = []
+    out = sq.replay(DESIGN, {"noisy": base * 30 + 1, "up": base + 6},
+                    next_round_fits=lambda r, trs: asked.append((r, [k for k, t in trs.items() if not t.stopped])) or r < 1).tracks
+    assert out["noisy"].status == sq.OUT_OF_BUDGET and out["noisy"].n == 6 and out["up"].status == sq.BETTER
+    assert asked == [(0, ["noisy", "up"]), (1, ["noisy"])]
     with pytest.raises(UserError, match="study.margin"):
         sq.replay(DESIGN, {"x": base}, margin=0)
 

@@ -134,7 +134,7 @@ def collapse_scenario(rng, design, reps: int) -> dict:
                     f"learned runs are 3 points better than B (paired sd {PAIRED_SD:g})",
            "true_mean_difference": true}
     for label, n in (("fixed_5", 5), ("fixed_12", MAX_SEEDS), ("adaptive", None)):
-        cover, claims, seeds = [], [], []
+        cover, claims, wrong, seeds = [], [], [], []
         for _ in range(reps):
             b, a = _arms(rng, 2, (0.0, 3.0), design.max_seeds if n is None else n)
             dead = rng.random(a.size) < COLLAPSE_P
@@ -147,8 +147,10 @@ def collapse_scenario(rng, design, reps: int) -> dict:
                 lo, hi, verdict, used = c["ci_lo"], c["ci_hi"], c["verdict"], n
             cover.append(lo < true < hi)
             claims.append(verdict in (stats.BETTER, stats.WORSE))
+            wrong.append(verdict == stats.BETTER)  # the true mean difference is negative
             seeds.append(used)
-        out[label] = {"coverage": _rate(cover), "claim": _rate(claims), "mean_seeds": float(np.mean(seeds))}
+        out[label] = {"coverage": _rate(cover), "claim": _rate(claims), "claim_wrong_sign": _rate(wrong),
+                      "mean_seeds": float(np.mean(seeds))}
     return out
 
 
@@ -208,6 +210,8 @@ def main(argv=None) -> int:
         "equivalence_rate_0pt_margin3": sc["adaptive_equivalence_0pt"]["equivalent"]["rate"],
         "false_equivalence_rate_at_margin3": sc["adaptive_equivalence_at_margin"]["equivalent"]["rate"],
         "collapse_20pct_coverage": {k: sc["collapse_20pct"][k]["coverage"]["rate"] for k in ("fixed_5", "fixed_12", "adaptive")},
+        "collapse_20pct_wrong_sign_claims": {k: sc["collapse_20pct"][k]["claim_wrong_sign"]["rate"]
+                                             for k in ("fixed_5", "fixed_12", "adaptive")},
     }
     checks = {
         "aa_false_claim_rate_fixed": summary["aa_false_claim_rate_fixed"] <= 0.06,

@@ -52,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import stats as st
@@ -309,19 +309,20 @@ class Replay:
 
 
 def replay(design: Design, diffs: Mapping[str, Sequence[float]], *, higher_is_better: bool = True,
-           margin: Optional[float] = None, budget_looks: Optional[int] = None) -> Replay:
+           margin: Optional[float] = None,
+           next_round_fits: Optional[Callable[[int, Mapping[str, "Track"]], bool]] = None) -> Replay:
     """Replay the looks in order from the per-seed paired differences alone; deterministic.
 
     ``diffs``: comparison → differences A − B in seed order. It may hold fewer seeds than the
     next look needs (the replay stops there, those comparisons WAITING) or more (seeds beyond a
-    comparison's stopping look are ignored). ``budget_looks``: how many looks the budget allowed
-    (None: no budget); comparisons still open after that many end out of budget. ``margin``:
-    equivalence margin in the units of the differences (None: no equivalence claims).
+    comparison's stopping look are ignored). ``next_round_fits(r, tracks)``: called after look r
+    (0-based) while some comparison is still open (``not track.stopped``); False ends those out of
+    budget. It must be a pure function of the finished runs for the replay to stay deterministic
+    (None: no budget).
+    ``margin``: equivalence margin in the units of the differences (None: no equivalence claims).
     """
     if margin is not None and not margin > 0:
         raise UserError(f"study.margin: {margin!r} must be a positive number of metric points")
-    if budget_looks is not None and budget_looks < 1:
-        raise ValueError(f"budget_looks must be >= 1, got {budget_looks}")
     tracks = {k: Track(k) for k in diffs}
     m = len(tracks)
     looks = design.looks
@@ -347,7 +348,6 @@ def replay(design: Design, diffs: Mapping[str, Sequence[float]], *, higher_is_be
                                "ci_lo": ci["lo"], "ci_hi": ci["hi"]})
         _holm_step_down(design, tracks)
         last = r == len(looks) - 1
-        budget_out = budget_looks is not None and r + 1 >= budget_looks
         for tr in active:
             v = _difference_verdict(tr, higher_is_better)
             if v is not None:
@@ -356,7 +356,9 @@ def replay(design: Design, diffs: Mapping[str, Sequence[float]], *, higher_is_be
                 tr.status = EQUIVALENT
             elif last:
                 tr.status = OUT_OF_SEEDS
-            elif budget_out:
+        still_open = [tr for tr in active if not tr.stopped]
+        if still_open and not last and next_round_fits is not None and not next_round_fits(r, tracks):
+            for tr in still_open:
                 tr.status = OUT_OF_BUDGET
         r += 1
     for tr in tracks.values():  # a stopped comparison's verdict can still improve when others settle
