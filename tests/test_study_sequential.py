@@ -129,3 +129,36 @@ def test_calibration_tool_small_run(tmp_path):
     assert s["power_adaptive_3pt"] >= 0.55
     assert s["mean_seeds_adaptive"]["3"] < s["mean_seeds_adaptive"]["0"] <= 12
     assert s["aa_false_claim_rate_naive_peeking"] >= s["aa_false_claim_rate_adaptive"]
+
+
+def test_budget_parsing_and_rule():
+    from keras_tl.study import adaptive
+
+    assert adaptive.parse_budget("40runs") == adaptive.Budget(runs=40)
+    assert adaptive.parse_budget("40 runs") == adaptive.Budget(runs=40)
+    assert adaptive.parse_budget("2.5h") == adaptive.Budget(hours=2.5)
+    assert adaptive.parse_budget("90min") == adaptive.Budget(hours=1.5)
+    assert adaptive.parse_budget(None) is None
+    for bad in ("forty", "2.5runs", "0h", "3 days"):
+        with pytest.raises(UserError, match=r"--budget"):
+            adaptive.parse_budget(bad)
+    pairs = {"a": adaptive.Pair("a", "a", "base"), "b": adaptive.Pair("b", "b", "base")}
+    base = np.array([0.5, -0.4, 0.3, -0.2, 0.1, -0.3, 0.4, -0.5, 0.2, -0.1, 0.35, -0.25])
+    diffs = {"a": base + 6, "b": base * 30 + 1}  # a settles at 6 seeds; b stays open
+    # 3 arms x 3 seeds = 9 runs; 6 seeds of all 3 = 18; then only b and base go on: 9 seeds = 18 + 6 = 24.
+    for runs, n_b in ((17, 3), (18, 6), (23, 6), (24, 9)):
+        rule = adaptive.budget_rule(DESIGN, pairs, adaptive.Budget(runs=runs), {})
+        tr = sq.replay(DESIGN, diffs, next_round_fits=rule).tracks
+        assert tr["b"].n == n_b and tr["b"].status == sq.OUT_OF_BUDGET, (runs, tr["b"].n)
+    wall = {(arm, k): 600.0 for arm in ("a", "b", "base") for k in range(12)}  # 10 min per run
+    rule = adaptive.budget_rule(DESIGN, pairs, adaptive.Budget(hours=3.0), wall)  # 18 runs = 3 h
+    assert sq.replay(DESIGN, diffs, next_round_fits=rule).tracks["b"].n == 6
+    assert adaptive.run_range(DESIGN, list(pairs.values())) == (9, 36)
+
+
+def test_paired_diffs_stop_at_a_gap():
+    from keras_tl.study import adaptive
+
+    values = {"a": {0: 0.5, 1: 0.6, 2: 0.7, 4: 0.9}, "base": {0: 0.4, 1: 0.4, 2: 0.4, 3: 0.4, 4: 0.4}}
+    d = adaptive.paired_diffs([adaptive.Pair("a", "a", "base")], values)["a"]
+    assert d == pytest.approx([0.1, 0.2, 0.3])
