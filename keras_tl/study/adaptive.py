@@ -123,3 +123,41 @@ def run_range(design: sequential.Design, pairs: Sequence[Pair]) -> Tuple[int, in
     """Fewest and most runs the adaptive study can take (every arm of a comparison at min, at max seeds)."""
     arms = {x for p in pairs for x in (p.arm, p.ref)}
     return len(arms) * design.looks[0], len(arms) * design.max_seeds
+
+
+RUNNING = "running"
+
+
+def summarise(state: sequential.Replay, pairs: Mapping[str, Pair], values: Mapping[str, Mapping[int, float]], *,
+              higher_is_better: bool = True, seed: int = 0, n_boot: Optional[int] = None) -> Dict[str, dict]:
+    """Comparison → the report's entry: :func:`keras_tl.study.stats.compare` on the seeds the
+    comparison used, with the sequential CI (the RCI at its last look), p-values and verdict.
+
+    ``p_t`` stays the fixed-sample paired t-test of those seeds, for reference only: after
+    adaptive stopping it is not a valid p-value, and the verdict never uses it.
+    """
+    from keras_tl.study import stats
+
+    state.add_p_values()
+    out = {}
+    k_looks = len(state.design.looks)
+    for name, tr in state.tracks.items():
+        p = pairs[name]
+        n = tr.n
+        a = [values[p.arm][k] for k in range(n)]
+        b = [values[p.ref][k] for k in range(n)]
+        entry: Dict[str, object] = {"n": 0, "mean": None, "ci_lo": None, "ci_hi": None, "p_t": None, "seeds_needed": None}
+        if n:
+            entry = stats.compare(a, b, higher_is_better=higher_is_better, seed=seed,
+                                  **({} if n_boot is None else {"n_boot": n_boot}))
+        level = state.design.nominal_levels()[tr.look] if tr.look >= 0 else None
+        entry.update(
+            ci_lo=tr.ci_lo, ci_hi=tr.ci_hi,
+            ci_method=(f"95% repeated confidence interval at look {tr.look + 1} of {k_looks} ({n} seeds; a paired "
+                       f"t-interval at nominal confidence {1 - level:.4f})") if level is not None else "no look yet",
+            p_seq=tr.p_seq, p_holm=tr.p_holm, seeds_used=n, seeds_max=state.design.max_seeds,
+            verdict=tr.status if tr.stopped else RUNNING, looks=tr.history,
+            seeds_needed=None,  # the adaptive study adds seeds itself, up to seeds_max
+        )
+        out[name] = entry
+    return out
