@@ -161,3 +161,110 @@ def summarise(state: sequential.Replay, pairs: Mapping[str, Pair], values: Mappi
         )
         out[name] = entry
     return out
+
+
+# --------------------------------------------------------------- a study's adaptive state
+
+
+def pairs_of(plan) -> List[Pair]:
+    """Every comparison of the plan: each non-baseline arm against its baseline arm."""
+    out = []
+    for arm in plan.arms:
+        ref = plan.reference_of(arm)
+        if ref is not None:
+            out.append(Pair(arm.id, arm.id, ref.id))
+    return out
+
+
+def arm_values(plan, results: Mapping[str, dict]) -> Dict[str, Dict[int, float]]:
+    """arm id → {seed: the study metric of that finished run} (test split, else validation)."""
+    from keras_tl.study.report import _value
+
+    out: Dict[str, Dict[int, float]] = {a.id: {} for a in plan.arms}
+    for run in plan.runs:
+        m = results.get(run.key)
+        if m is None:
+            continue
+        split = "test" if isinstance(m.get("test"), dict) else "val"
+        v = _value(m, plan.study.metric, split, run.key)
+        if v is not None:
+            out[run.arm_id][run.seed] = v
+    return out
+
+
+def wall_times(plan, results: Mapping[str, dict]) -> Dict[RunId, float]:
+    return {(r.arm_id, r.seed): float(results[r.key].get("wall_time", 0.0)) for r in plan.runs if r.key in results}
+
+
+def study_state(plan, results: Mapping[str, dict], design: sequential.Design, *, margin: Optional[float] = None,
+                budget: Optional[Budget] = None) -> Tuple[sequential.Replay, Dict[str, Pair], Dict[str, Dict[int, float]]]:
+    """Replay the study's looks from its finished runs: (state, comparisons by name, per-seed values)."""
+    pairs = {p.name: p for p in pairs_of(plan)}
+    values = arm_values(plan, results)
+    rule = budget_rule(design, pairs, budget, wall_times(plan, results))
+    state = sequential.replay(design, paired_diffs(list(pairs.values()), values),
+                              higher_is_better=plan.study.higher_is_better, margin=margin, next_round_fits=rule)
+    return state, pairs, values
+
+
+def wanted_runs(plan, pairs: Mapping[str, Pair], state: sequential.Replay) -> list:
+    """The plan's Run objects the next look needs, in plan order (seed-major)."""
+    want = wanted(pairs, state)
+    return [r for r in plan.runs if (r.arm_id, r.seed) in want]
+
+
+# --------------------------------------------------------------- running
+
+
+def run_adaptive(plan, workdir: str, *, design: sequential.Design, margin: Optional[float] = None,
+                 budget: Optional[Budget] = None, run_fn=None, shard: Tuple[int, int] = (0, 1), resume: bool = False,
+                 keep_going: bool = False, log: Callable[[str], None] = print, poll_seconds: float = 15.0,
+                 sleep: Callable[[float], None] = None):
+    """Run an adaptive study in rounds until every comparison is settled, out of seeds or out of budget.
+
+    Each round is derived from the finished runs alone (:func:`study_state`), so all workers
+    agree on it: a worker runs its share of the round's missing runs (``--shard i/N``: every N-th
+    in plan order; without shards, claim files hand them out), then waits, polling every
+    ``poll_seconds``, until the other workers have finished theirs, and derives the next round.
+    A run that fails leaves a hole in its arm's seeds that no later look can pass: the study
+    stops there (``--resume`` retries it).
+    """
+    import time
+
+    from keras_tl.study import runner
+
+    sleep = sleep or time.sleep
+    index, count = shard
+    total = runner.RunnerResult()
+    started = False
+    waiting_since = None
+    while True:
+        state, pairs, _ = study_state(plan, runner.collect(plan, workdir), design, margin=margin, budget=budget)
+        if state.done:
+            return total
+        want = wanted_runs(plan, pairs, state)
+        mine = [r for i, r in enumerate(want) if i % count == index and not runner.is_done(workdir, r)]
+        open_n = len(state.seeds_wanted())
+        if mine:
+            log(f"study: round {state.round + 1}/{len(design.looks)}: {open_n} open comparisons need "
+                f"{design.looks[state.round]} seeds; {len(mine)} runs for this worker")
+            res = runner.run_plan(plan, workdir, runs=mine, run_fn=run_fn, shard=shard, resume=resume or started,
+                                  keep_going=keep_going, log=log)
+            started = True
+            for f in dataclasses.fields(res):
+                getattr(total, f.name).extend(getattr(res, f.name))
+            if res.failed:
+                log(f"study: stopping after round {state.round + 1}: run {res.failed[0]} failed, and the next look "
+                    "needs it; fix the cause and rerun with --resume")
+                return total
+            if res.ran:
+                waiting_since = None
+                continue
+        missing = [r for r in want if not runner.is_done(workdir, r)]
+        if not missing:
+            continue
+        if waiting_since is None:
+            waiting_since = time.time()
+            log(f"study: round {state.round + 1}: waiting for {len(missing)} runs of other workers "
+                f"(e.g. {missing[0].key}); a worker that died must be restarted with --resume")
+        sleep(poll_seconds)
