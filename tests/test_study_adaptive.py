@@ -1,6 +1,7 @@
 """Adaptive seeds in a study (fake training runs): rounds, resume, shards, budget."""
 
 import os
+import re
 import threading
 
 import numpy as np
@@ -120,3 +121,66 @@ def test_budget_in_runs_ends_open_comparisons(tmp_path):
     dec = _decisions(plan, wd, budget=budget)
     assert len(fake.calls) <= 12
     assert sequential.OUT_OF_BUDGET in {s for s, _ in dec.values()}
+
+
+def _study(tmp_path, study):
+    (tmp_path / "base.yaml").write_text(BASE)
+    path = tmp_path / "study.yaml"
+    path.write_text("extends: base.yaml\nname: s\nstudy:\n" + "".join("  " + line + "\n" for line in study.splitlines()))
+    return str(path)
+
+
+def test_adaptive_seeds_in_the_study_recipe(tmp_path):
+    plan = plan_lib.load_plan(_study(tmp_path, "freeze: [head_only, all]\nseeds: {min: 3, max: 9}\nmargin: 2"))
+    assert plan.study.adaptive and plan.study.seeds == 9 and plan.study.margin == 2.0
+    assert plan.study.design().looks == (3, 5, 7, 9) and len(plan.runs) == 18  # every run the study may need
+    text = plan_lib.format_plan(plan, plan_lib.estimate_cost(plan, 0.01))
+    assert "3-9 seeds (adaptive)" in text and "looks at 3, 5, 7, 9" in text and "at least 6" in text and "at most 18" in text
+    over = plan_lib.load_plan(_study(tmp_path, "freeze: [head_only, all]\nseeds: {min: 3, max: 9}"), ["study.seeds.step=3"])
+    assert over.study.design().looks == (3, 6, 9)
+    bad = {
+        "seeds: {min: 3, mx: 9}": "study.seeds.mx: unknown key (did you mean max?)",
+        "seeds: {min: 2, max: 9}": "study.seeds.min: 2 is too few",
+        "seeds: {max: 9}": "min is missing",
+        "seeds: 4\nmargin: 2": "study.margin: equivalence is decided only with adaptive seeds",
+        "seeds: {min: 3, max: 9}\nmargin: -1": "study.margin: expected a positive number",
+        "seeds: {min: 3, max: 9}\nlr_grid: [0.01, 0.001]": "study.lr_grid: cannot be combined with adaptive seeds",
+    }
+    for extra, msg in bad.items():
+        with pytest.raises(plan_lib.UserError, match=re.escape(msg)):
+            plan_lib.load_plan(_study(tmp_path, "freeze: [head_only, all]\n" + extra))
+
+
+def test_report_names_the_method_and_seeds_per_comparison(tmp_path):
+    from keras_tl.study import report
+
+    plan = plan_lib.load_plan(_study(tmp_path, "freeze: [head_only, from_conv4, all]\nseeds: {min: 3, max: 8}\n"
+                                                "baseline: {freeze: head_only}"))
+    wd = str(tmp_path / "wd")
+    adaptive.run_adaptive(plan, wd, design=plan.study.design(), run_fn=FakeTrain(plan), log=lambda s: None)
+    paths = report.build_report(plan, wd)
+    study = __import__("json").load(open(paths["json"]))
+    assert study["adaptive"]["method"] == sequential.METHOD and study["adaptive"]["done"]
+    by = {c["values"]["freeze"]: c for c in study["comparisons"]}
+    assert by["all"]["verdict"] == sequential.BETTER and by["all"]["n"] == by["all"]["seeds_used"] < 8
+    assert by["from_conv4"]["verdict"] == sequential.OUT_OF_SEEDS and by["from_conv4"]["n"] == 8
+    assert study["runs_done"] == study["runs_total"] == 2 * 8 + by["all"]["n"]
+    md = open(paths["md"]).read()
+    assert "95% repeated CI" in md and "seeds used (max)" in md and "Lan-DeMets" in md
+    assert f"| {by['all']['n']} (8) |" in md and "no evidence of a difference at the maximum of 8 seeds" in md
+
+
+def test_cli_budget_needs_adaptive_seeds_and_dry_run_shows_the_looks(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    fixed = _study(tmp_path, "freeze: [head_only, all]\nseeds: 2")
+    r = subprocess.run([sys.executable, "-m", "keras_tl.study", "--recipe", fixed, "--budget", "10runs", "--workdir",
+                        str(tmp_path / "wd")], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2 and "--budget 10runs: needs adaptive seeds" in r.stderr
+    assert not (tmp_path / "wd").exists()
+    r = subprocess.run([sys.executable, "-m", "keras_tl.study", "--recipe", fixed, "--dry_run",
+                        "--set", "study.seeds={min: 3, max: 12}"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "looks at 3, 6, 9, 12 seeds per comparison" in r.stdout

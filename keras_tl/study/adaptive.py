@@ -119,10 +119,14 @@ def budget_rule(design: sequential.Design, pairs: Mapping[str, Pair], budget: Op
     return fits
 
 
-def run_range(design: sequential.Design, pairs: Sequence[Pair]) -> Tuple[int, int]:
-    """Fewest and most runs the adaptive study can take (every arm of a comparison at min, at max seeds)."""
+def run_range(design: sequential.Design, pairs: Sequence[Pair], n_arms: Optional[int] = None) -> Tuple[int, int]:
+    """Fewest and most runs the adaptive study can take: every arm at min seeds; every compared arm at max.
+
+    ``n_arms``: all arms of the plan (default: those in ``pairs``); arms in no comparison get min seeds.
+    """
     arms = {x for p in pairs for x in (p.arm, p.ref)}
-    return len(arms) * design.looks[0], len(arms) * design.max_seeds
+    n_arms = len(arms) if n_arms is None else n_arms
+    return n_arms * design.looks[0], len(arms) * design.max_seeds + (n_arms - len(arms)) * design.looks[0]
 
 
 RUNNING = "running"
@@ -164,6 +168,37 @@ def summarise(state: sequential.Replay, pairs: Mapping[str, Pair], values: Mappi
 
 
 # --------------------------------------------------------------- a study's adaptive state
+
+BUDGET_FILE = "budget.json"
+
+
+def resolve_budget(workdir: str, given: Optional[Budget], log: Callable[[str], None] = print) -> Optional[Budget]:
+    """The study's budget: ``given`` (recorded in ``<workdir>/budget.json``), else the one recorded there.
+
+    Recorded so that ``--resume`` and ``--report_only`` replay the same rounds without repeating
+    the flag. A different ``--budget`` replaces it (e.g. to extend a study that ran out).
+    """
+    import json
+    import os
+
+    from keras_tl.study import runner
+
+    path = os.path.join(workdir, BUDGET_FILE)
+    old = Budget(**json.loads(runner.read_text(path))) if runner.exists(path) else None
+    if given is None or given == old:
+        return old
+    runner.write_text(path, json.dumps(dataclasses.asdict(given)) + "\n")
+    if old is not None:
+        log(f"study: budget changed from {old} to {given}")
+    return given
+
+
+def margin(plan) -> Optional[float]:
+    """``study.margin`` in the metric's own units (the recipe gives points: 2 = 0.02 accuracy)."""
+    from keras_tl.study.report import _scale
+
+    m = plan.study.margin
+    return None if m is None else m / _scale(plan.study.metric)[0]
 
 
 def pairs_of(plan) -> List[Pair]:
@@ -208,8 +243,12 @@ def study_state(plan, results: Mapping[str, dict], design: sequential.Design, *,
 
 
 def wanted_runs(plan, pairs: Mapping[str, Pair], state: sequential.Replay) -> list:
-    """The plan's Run objects the next look needs, in plan order (seed-major)."""
+    """The plan's Run objects the next look needs, in plan order (seed-major).
+
+    Arms in no comparison (their baseline counterpart was excluded) get the first look's seeds.
+    """
     want = wanted(pairs, state)
+    want |= {(a.id, k) for a in plan.arms for k in range(state.design.looks[0])}
     return [r for r in plan.runs if (r.arm_id, r.seed) in want]
 
 
@@ -240,14 +279,13 @@ def run_adaptive(plan, workdir: str, *, design: sequential.Design, margin: Optio
     waiting_since = None
     while True:
         state, pairs, _ = study_state(plan, runner.collect(plan, workdir), design, margin=margin, budget=budget)
-        if state.done:
-            return total
         want = wanted_runs(plan, pairs, state)
+        if state.done and all(runner.is_done(workdir, r) for r in want):
+            return total
         mine = [r for i, r in enumerate(want) if i % count == index and not runner.is_done(workdir, r)]
-        open_n = len(state.seeds_wanted())
         if mine:
-            log(f"study: round {state.round + 1}/{len(design.looks)}: {open_n} open comparisons need "
-                f"{design.looks[state.round]} seeds; {len(mine)} runs for this worker")
+            log(f"study: round {state.round + 1}/{len(design.looks)}: {len(state.seeds_wanted())} open comparisons "
+                f"need {design.looks[state.round]} seeds; {len(mine)} runs for this worker")
             res = runner.run_plan(plan, workdir, runs=mine, run_fn=run_fn, shard=shard, resume=resume or started,
                                   keep_going=keep_going, log=log)
             started = True

@@ -48,7 +48,9 @@ STUDY_KEYS = AXES + (
     "exclude",
     "seconds_per_image",
     "train_images",
+    "margin",
 )
+SEEDS_KEYS = ("min", "max", "step")
 MAX_RUNS = 100_000
 
 # Rough CPU training cost (seconds per image, 64x64 px, 2 cores, batch 32, every layer training),
@@ -71,7 +73,7 @@ class StudyConfig:
     """The ``study:`` section, checked and normalised (axes as tuples of plain values)."""
 
     axes: Dict[str, Tuple[Any, ...]]  # axis → values, only the axes the study declares
-    seeds: int = 3
+    seeds: int = 3  # seeds per arm; with adaptive seeds the most an arm can get (seeds.max)
     lr_grid: Tuple[float, ...] = ()
     baseline: Dict[str, Any] = dataclasses.field(default_factory=dict)
     metric: str = "accuracy"
@@ -79,10 +81,23 @@ class StudyConfig:
     exclude: Tuple[Dict[str, Any], ...] = ()
     seconds_per_image: Optional[float] = None
     train_images: Optional[int] = None
+    seeds_min: Optional[int] = None  # adaptive seeds (seeds: {min, max, step}): None = a fixed number
+    seeds_step: Optional[int] = None
+    margin: Optional[float] = None  # equivalence margin in the report's units (points for accuracy)
 
     @property
     def higher_is_better(self) -> bool:
         return not any(w in self.metric for w in ("loss", "error"))
+
+    @property
+    def adaptive(self) -> bool:
+        return self.seeds_min is not None
+
+    def design(self):
+        """The group-sequential design of adaptive seeds (:class:`keras_tl.study.sequential.Design`)."""
+        from keras_tl.study import sequential
+
+        return sequential.Design(sequential.schedule(self.seeds_min, self.seeds, self.seeds_step))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,9 +313,23 @@ def parse_study(raw: dict, base: recipe_lib.Recipe, where: str = "<study>") -> S
     if not axes:
         _fail(where, "init", "the study varies nothing: declare at least one axis (init, freeze, cut_after, reinit, data_fraction, schedule_multiplier) or arms:")
     seeds = raw.get("seeds", 3)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= 1000:
-        _fail(where, "seeds", f"expected a whole number of seeds between 1 and 1000, got {seeds!r}")
+    seeds_min = seeds_step = None
+    if isinstance(seeds, dict):
+        seeds, seeds_min, seeds_step = _adaptive_seeds(where, seeds)
+    elif isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= 1000:
+        _fail(where, "seeds", f"expected a whole number of seeds between 1 and 1000, or {{min: 3, max: 12}} for adaptive seeds, got {seeds!r}")
+    margin = raw.get("margin")
+    if margin is not None:
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0:
+            _fail(where, "margin", f"expected a positive number of metric points (e.g. 2 for 2 accuracy points), got {margin!r}")
+        if seeds_min is None:
+            _fail(where, "margin", "equivalence is decided only with adaptive seeds; set seeds: {min: 3, max: 12}, or drop margin")
+        margin = float(margin)
     lr_grid = raw.get("lr_grid") or ()
+    if lr_grid and seeds_min is not None:
+        # The learning rate is picked on the mean over seeds, so it could change as seeds are added,
+        # and the comparisons already decided would then be about other runs.
+        _fail(where, "lr_grid", "cannot be combined with adaptive seeds ({min, max}); pick the rate first, or use a fixed number of seeds")
     if lr_grid:
         lr_grid = _as_list(where, "lr_grid", lr_grid)
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 10 for v in lr_grid):
@@ -337,7 +366,30 @@ def parse_study(raw: dict, base: recipe_lib.Recipe, where: str = "<study>") -> S
         exclude=exclude,
         seconds_per_image=float(spi) if spi is not None else None,
         train_images=n_train,
+        seeds_min=seeds_min,
+        seeds_step=seeds_step,
+        margin=margin,
     )
+
+
+def _adaptive_seeds(where: str, seeds: dict) -> Tuple[int, int, Optional[int]]:
+    """``seeds: {min, max, step}`` → (max, min, step), checked by :func:`keras_tl.study.sequential.schedule`."""
+    from keras_tl.study import sequential
+
+    for key in seeds:
+        if key not in SEEDS_KEYS:
+            close = difflib.get_close_matches(str(key), SEEDS_KEYS, n=1, cutoff=0.5)
+            _fail(where, f"seeds.{key}", "unknown key" + (f" (did you mean {close[0]}?)" if close else f" (valid keys: {', '.join(SEEDS_KEYS)})"))
+    for key in ("min", "max"):
+        if key not in seeds:
+            _fail(where, "seeds", f"adaptive seeds need min and max, e.g. {{min: 3, max: 12}}; {key} is missing")
+    if isinstance(seeds["max"], int) and not isinstance(seeds["max"], bool) and seeds["max"] > 1000:
+        _fail(where, "seeds.max", f"{seeds['max']} is more than 1000 seeds")
+    try:
+        sequential.schedule(seeds["min"], seeds["max"], seeds.get("step"), where="study.seeds")
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    return seeds["max"], seeds["min"], seeds.get("step")
 
 
 def _dedupe(values):
@@ -614,13 +666,25 @@ def _duration(seconds: float) -> str:
 def format_plan(plan: Plan, cost: Cost) -> str:
     """The plan as printed before anything runs."""
     s = plan.study
-    lines = [f"study {plan.name} ({plan.source}): {len(plan.arms)} arms × {s.seeds} seeds"
+    seeds_text = f"{s.seeds_min}-{s.seeds} seeds (adaptive)" if s.adaptive else f"{s.seeds} seeds"
+    lines = [f"study {plan.name} ({plan.source}): {len(plan.arms)} arms × {seeds_text}"
              + (f" × {len(s.lr_grid)} learning rates" if s.lr_grid else "") + f" = {len(plan.runs)} runs",
              f"  varied: {', '.join(plan.varied) or '(single arm)'}; baseline: "
              + ", ".join(f"{k}={value_label(k, v)}" for k, v in s.baseline.items())
              + f"; metric: test {s.metric}" + (" (lr picked on validation)" if s.lr_grid else ""),
              f"  splits fixed by data.split_seed={plan.base.data.split_seed}; run seeds 0..{s.seeds - 1}",
              "  arms:"]
+    if s.adaptive:
+        from keras_tl.study import adaptive, sequential
+
+        design = s.design()
+        least, most = adaptive.run_range(design, adaptive.pairs_of(plan), len(plan.arms))
+        lines[-1:-1] = [
+            f"  adaptive seeds: looks at {', '.join(map(str, design.looks))} seeds per comparison; a comparison stops when "
+            "better, worse" + (f", equivalent within {s.margin:g}" if s.margin is not None else "") + " or out of seeds",
+            f"    rule: {sequential.METHOD}",
+            f"    runs: at least {least} (every comparison settled at {design.looks[0]} seeds), at most {most}; the cost below is the most",
+        ]
     width = max(len(a.id) for a in plan.arms)
     for a in plan.arms:
         ref = plan.reference_of(a)
