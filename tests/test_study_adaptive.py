@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 
+from keras_tl.errors import WorkdirError
 from keras_tl.study import adaptive, runner, sequential
 from keras_tl.study import plan as plan_lib
 
@@ -81,6 +82,8 @@ def test_resume_makes_the_same_decisions(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         adaptive.run_adaptive(plan, wd, design=DESIGN, run_fn=FakeTrain(plan, crash_after=10), log=lambda s: None)
     assert _decisions(plan, wd) != _decisions(plan, straight)
+    with pytest.raises(WorkdirError, match="--resume"):
+        adaptive.run_adaptive(plan, wd, design=DESIGN, run_fn=FakeTrain(plan), log=lambda s: None)
     again = FakeTrain(plan)
     adaptive.run_adaptive(plan, wd, design=DESIGN, run_fn=again, resume=True, log=lambda s: None)
     assert _decisions(plan, wd) == _decisions(plan, straight)

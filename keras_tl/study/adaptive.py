@@ -268,13 +268,22 @@ def run_adaptive(plan, workdir: str, *, design: sequential.Design, margin: Optio
     A run that fails leaves a hole in its arm's seeds that no later look can pass: the study
     stops there (``--resume`` retries it).
     """
+    import os
     import time
 
+    from keras_tl.errors import WorkdirError
     from keras_tl.study import runner
 
     sleep = sleep or time.sleep
     index, count = shard
     total = runner.RunnerResult()
+    runner.write_plan(workdir, plan)
+    # Later rounds' runs do not exist yet, so run_plan's "already started" check cannot see that this
+    # shard ran earlier rounds: a marker per shard does.
+    marker = os.path.join(workdir, "claims", f"adaptive-shard{index}of{count}.started")
+    if not runner.create_exclusive(marker, f"{time.time()}\n") and not resume:
+        raise WorkdirError(f"{workdir}: this adaptive study was already started here (shard {index}/{count}); pass --resume "
+                           "to continue, or choose another --workdir")
     started = False
     waiting_since = None
     while True:
