@@ -15,8 +15,9 @@ collapse to chance (10% ± 1.5) with probability 0.2.
 
 Targets (issue 15): false claims ≤ 0.05 (≤ 0.06 allowing for Monte Carlo error), CI coverage
 0.93–0.97, power for 3 points at sd 3 and ≤ 12 seeds ≥ 0.80. ``--quick`` (the default sizes
-divided by 10) takes ~2 min on an idle 2-core machine; its Monte Carlo standard errors (listed
-beside each rate) are ~0.005–0.01, so read it as a smoke check and the full run as the figures.
+divided by 10) measured 54 s wall at load average 5 and 114 s at 7 on a 2-core machine (29-35 s
+of CPU); its Monte Carlo standard errors (listed beside each rate) are ~0.005-0.01, so read it as
+a smoke check and the full run (1,115 s wall at load 8-13, 315 s of CPU) as the figures.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def collapse_scenario(rng, design, reps: int) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="a tenth of the replicates (~2 min idle)")
+    p.add_argument("--quick", action="store_true", help="a tenth of the replicates (~1-2 min on a loaded 2-core machine)")
     p.add_argument("--reps", type=int, default=None, help="replicates of every scenario (overrides --quick)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the simulation")
     p.add_argument("--out", required=True, help="write the JSON here")
