@@ -7,12 +7,12 @@ Method (one per study, named in the report as :data:`METHOD`):
 * **Alpha spending.** The two-sided level α = 0.05 is spent over the information fractions
   ``n_k / n_K`` with the Lan–DeMets O'Brien–Fleming-type function, α/2 per side
   (Lan & DeMets 1983, Biometrika 70:659–663; the form of gsDesign's ``sfLDOF``; Jennison &
-  Turnbull 2000, *Group Sequential Methods with Applications to Clinical Trials*, §7.2). It
+  Turnbull 2000, *Group Sequential Methods with Applications to Clinical Trials*, ch. 7). It
   spends almost nothing at the first looks, so the last look keeps nearly the fixed-sample power
   (at 4 looks over 3–12 seeds the final critical z is 2.014 instead of 1.960).
 * **Unknown variance, few seeds.** The usual conversion of normal boundaries to t boundaries
-  "at the same nominal level" (Jennison & Turnbull 2000, §3.8) inflates the false-claim rate
-  with 2–11 degrees of freedom (measured: 0.053 instead of 0.050 at looks 3/6/9/12). The
+  "at the same nominal level" inflates the false-claim rate with 2–11 degrees of freedom
+  (measured on 400,000 null paths: 0.053 instead of 0.050 at looks 3/6/9/12). The
   boundaries here are the exact ones *for the paired t statistic*: its null distribution does
   not depend on the unknown sd, so the first look's boundary is a t quantile and each later
   look's is the conditional quantile of ``|t_k|`` among 2^18 simulated null paths that had not
@@ -26,7 +26,7 @@ Method (one per study, named in the report as :data:`METHOD`):
   - *better / worse*: the 95% RCI excludes 0 and the Holm-adjusted sequential p < 0.05
     (the same rule as :func:`keras_tl.study.stats.verdict`, which is called);
   - *equivalent within the margin*: the RCI at level 1 − α/m (m comparisons) lies inside
-    ``(-margin, +margin)``, a TOST on the RCI (Jennison & Turnbull 2000, §9.4); each such claim
+    ``(-margin, +margin)``, a TOST on the RCI (Jennison & Turnbull 2000, ch. 6 and 9); each such claim
     has error ≤ α/(2m), so ≤ α/2 for all of them together;
   - *undecided (out of seeds)* after the look at ``max`` seeds; *undecided (out of budget)*
     when the budget ended the study before the next round.
