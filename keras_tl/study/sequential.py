@@ -110,7 +110,7 @@ def spent(alpha: float, fraction) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _null_paths(looks: Tuple[int, ...]) -> np.ndarray:
-    """|t| at every look for N_PATHS simulated null paths (float32, shape (N_PATHS, K)); first column unused."""
+    """|t| at every look for N_PATHS simulated null paths of paired differences (float32, shape (N_PATHS, K))."""
     rng = np.random.default_rng(PATH_SEED)
     out = np.empty((N_PATHS, len(looks)), dtype=np.float32)
     s = np.zeros(N_PATHS)
