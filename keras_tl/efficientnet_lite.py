@@ -317,7 +317,7 @@ def read_weights_file(path: str) -> "OrderedDict[str, List[np.ndarray]]":
     return out
 
 
-def _verify(path: str) -> Optional[str]:
+def verify_weights_file(path: str) -> Optional[str]:
     """None if ``path`` is a complete conversion of this checkpoint, else what is wrong with it."""
     import h5py
 
@@ -330,8 +330,8 @@ def _verify(path: str) -> Optional[str]:
         return "written from another checkpoint or by another keras_tl version"
     try:
         layers = read_weights_file(path)
-    except WeightsError as e:
-        return str(e)
+    except Exception as e:  # h5py raises OSError, KeyError or ValueError on damaged files
+        return " ".join(str(e).split())[:200]
     plan = layer_plan()
     if list(layers) != list(plan):
         return "its layers differ from EfficientNet-Lite0's"
@@ -413,13 +413,13 @@ def ensure_imagenet_weights() -> str:
         st = os.stat(target)
         if _VERIFIED.get(target) == (st.st_size, st.st_mtime_ns):
             return target
-        problem = _verify(target)
+        problem = verify_weights_file(target)
         if problem is None:
             _VERIFIED[target] = (st.st_size, st.st_mtime_ns)
             return target
         print(f"keras_tl: {target}: {problem}; converting it again from {PACKAGE}", file=sys.stderr)
     convert(checkpoint_path(), target)
-    problem = _verify(target)
+    problem = verify_weights_file(target)
     if problem is not None:
         raise WeightsError(f"model.weights: imagenet: the converted weights {target} do not verify: {problem}")
     st = os.stat(target)
