@@ -4,7 +4,7 @@ EfficientNet-Lite (Google, 2020) is EfficientNet made friendly to integer accele
 squeeze-and-excitation, ReLU6 instead of swish, and the stem (32 filters) and head (1280) kept
 fixed when scaling. Lite0 has B0's block table unscaled (below), TF 'same' padding, BatchNorm
 epsilon 1e-3 and momentum 0.99 (the TF training settings; the PyTorch port's momentum 0.01 is the
-same thing in torch's convention). Its input is ``(x - 127.5) / 128`` per channel, which
+same thing in torch's convention). Its input is ``(x - 127) / 128`` per channel, which
 keras_tl applies in the model's ``preprocess`` layer (mode ``lite``), so this network starts at
 its stem and works for any number of input channels.
 
@@ -260,7 +260,10 @@ def keras_weights_from_state_dict(state: Dict[str, np.ndarray], where: str) -> "
             if tensor not in state:
                 raise WeightsError(f"{where}: tensor {tensor} (for Keras layer {layer}) is missing; not an EfficientNet-Lite0 checkpoint")
             t = np.asarray(state[tensor], dtype=np.float32)
-            a = _dw_kernel(t) if layer.endswith("dwconv") else _conv_kernel(t) if t.ndim == 4 else t
+            if t.ndim == 4:
+                a = _dw_kernel(t) if layer.endswith("dwconv") else _conv_kernel(t)
+            else:
+                a = t
             if a.shape != shape:
                 raise WeightsError(f"{where}: tensor {tensor} has shape {tuple(state[tensor].shape)}, which does not fit Keras layer {layer} {shape}")
             arrays.append((keras_name, a))
@@ -317,7 +320,7 @@ def read_weights_file(path: str) -> "OrderedDict[str, List[np.ndarray]]":
     return out
 
 
-def _verify(path: str) -> Optional[str]:
+def verify_weights_file(path: str) -> Optional[str]:
     """None if ``path`` is a complete conversion of this checkpoint, else what is wrong with it."""
     import h5py
 
@@ -330,8 +333,8 @@ def _verify(path: str) -> Optional[str]:
         return "written from another checkpoint or by another keras_tl version"
     try:
         layers = read_weights_file(path)
-    except WeightsError as e:
-        return str(e)
+    except Exception as e:  # h5py raises OSError, KeyError or ValueError on damaged files
+        return " ".join(str(e).split())[:200]
     plan = layer_plan()
     if list(layers) != list(plan):
         return "its layers differ from EfficientNet-Lite0's"
@@ -413,13 +416,13 @@ def ensure_imagenet_weights() -> str:
         st = os.stat(target)
         if _VERIFIED.get(target) == (st.st_size, st.st_mtime_ns):
             return target
-        problem = _verify(target)
+        problem = verify_weights_file(target)
         if problem is None:
             _VERIFIED[target] = (st.st_size, st.st_mtime_ns)
             return target
         print(f"keras_tl: {target}: {problem}; converting it again from {PACKAGE}", file=sys.stderr)
     convert(checkpoint_path(), target)
-    problem = _verify(target)
+    problem = verify_weights_file(target)
     if problem is not None:
         raise WeightsError(f"model.weights: imagenet: the converted weights {target} do not verify: {problem}")
     st = os.stat(target)

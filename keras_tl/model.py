@@ -30,8 +30,10 @@ from keras_tl.errors import UserError
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCH_STD_RGB = (0.229, 0.224, 0.225)
-# EfficientNet-Lite's input normalisation (one mean and std for every channel).
-LITE_MEAN = 127.5
+# EfficientNet-Lite's input normalisation, the same for every channel: the "inception-style" mean
+# and std of the TF EfficientNet-Lite training code (efficientnet_lite_builder.py: MEAN_RGB = [127.0]*3,
+# STDDEV_RGB = [128.0]*3), chosen there for post-quantisation accuracy.
+LITE_MEAN = 127.0
 LITE_STD = 128.0
 
 
@@ -44,7 +46,7 @@ class Preprocess(keras.layers.Layer):
     - ``caffe`` (ResNet): RGB → BGR, then subtract the ImageNet BGR channel means.
     - ``tf`` (ResNetV2): x / 127.5 - 1.
     - ``torch`` (DenseNet): x / 255, subtract the ImageNet RGB means, divide by the RGB stds.
-    - ``lite`` (EfficientNet-Lite): (x - 127.5) / 128, as the TF EfficientNet-Lite models were trained.
+    - ``lite`` (EfficientNet-Lite): (x - 127) / 128, as the TF EfficientNet-Lite models were trained.
     - ``none`` (EfficientNet, MobileNetV3, ConvNeXt): identity; the Keras model preprocesses.
 
     For C != 3 channels there is no colour order: ``caffe`` subtracts the mean of the three

