@@ -502,8 +502,10 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
 
     from keras_tl import weights as weights_lib
 
-    # Resolve weights before reading any data: a missing ImageNet file stops the run in seconds.
-    weights_info = _as_dict(weights_lib.resolve_weights(recipe))
+    # Resolve weights before reading any data or creating the run directory: a missing or damaged
+    # ImageNet file is downloaded (and verified) or stops the run here, with nothing written.
+    resolved_weights = weights_lib.resolve_weights(recipe)
+    weights_info = _as_dict(resolved_weights)
     keras.utils.set_random_seed(recipe.seed)
     if recipe.train.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -531,7 +533,7 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
     num_classes = len(class_names)
 
     with runtime.strategy.scope():
-        model = model_lib.build_model(recipe, num_classes)
+        model = model_lib.build_model(recipe, num_classes, weights_info=resolved_weights)
     num_outputs = int(model.output.shape[-1])
     train_ds = _encode_labels(datasets.train, num_outputs)
     val_ds = _encode_labels(datasets.val, num_outputs)
