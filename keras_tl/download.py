@@ -35,6 +35,7 @@ import os
 import queue
 import socket
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -183,6 +184,15 @@ def ensure(remote: RemoteFile, cache_dir: str, *, download: bool = True,
 
     ``download=False`` only checks: a missing or damaged file is then a :class:`DownloadError`.
     """
+    try:
+        return _ensure(remote, cache_dir, download, log)
+    except OSError as e:  # reading or writing the cache itself (permissions, a full disk)
+        where = f": {e.filename}" if e.filename else f" in {cache_dir}"
+        raise DownloadError(f"{remote.label or remote.name}: cannot use the Keras cache ({e.strerror or e}{where}); fix its "
+                            f"permissions or free space, or set KERAS_HOME to another directory") from None
+
+
+def _ensure(remote: RemoteFile, cache_dir: str, download: bool, log) -> Cached:
     path = os.path.join(cache_dir, remote.name)
     state = None
     if os.path.isfile(path):
@@ -240,8 +250,6 @@ def _download(remote: RemoteFile, url: str, path: str, timeout: float, state: st
     for stale in glob.glob(os.path.join(glob.escape(cache_dir), f".{glob.escape(remote.name)}.*.part")):
         with contextlib.suppress(OSError):
             os.unlink(stale)
-    import tempfile
-
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{remote.name}.", suffix=".part")
     log(f"keras_tl: downloading {label} from {url} to {path}")
     t0 = time.monotonic()
@@ -352,27 +360,26 @@ def _copy(url: str, out, hashers, timeout: float, name: str) -> int:
 
     The reading happens in a daemon thread, so that this thread can give up after ``timeout``
     seconds of silence whatever the reader is blocked in (a name lookup, which no socket timeout
-    bounds; a TLS handshake; a proxy; gs://). A reader left blocked ends at its socket timeout.
+    bounds; a TLS handshake; a proxy; gs://). A reader left blocked ends on its own: at its socket
+    timeout, or when the resolver gives up.
     """
     q: "queue.Queue" = queue.Queue(maxsize=16)
     stop = threading.Event()
     threading.Thread(target=_pump, args=(url, timeout, q, stop), name="keras_tl-download", daemon=True).start()
-    received, length, bar = 0, None, None
+    received, length, bar, answered = 0, None, None, False
     period_start, period_bytes = time.monotonic(), 0
     try:
         while True:
             try:
                 kind, value = q.get(timeout=timeout)
             except queue.Empty:
-                if received:
-                    raise _Failure(f"no data for {timeout:g} s after {received:,} bytes", timed_out=True) from None
-                if length is None:
-                    raise _Failure(f"no answer within {timeout:g} s (the host, a proxy or the name lookup did not respond)", timed_out=True) from None
-                raise _Failure(f"no data within {timeout:g} s of the answer", timed_out=True) from None
+                raise _Failure(_silence(timeout, received, answered), timed_out=True) from None
             if kind == "error":
-                raise _Failure(*_explain(value, timeout)) from None
+                reason, timed_out = _explain(value, timeout)
+                # The reader's own socket timeout, said the same way as this thread's.
+                raise _Failure(_silence(timeout, received, answered) if timed_out else reason, timed_out) from None
             if kind == "length":
-                length = value
+                length, answered = value, True
                 bar = _progress_bar(length, name)
                 period_start = time.monotonic()
                 continue
@@ -398,6 +405,14 @@ def _copy(url: str, out, hashers, timeout: float, name: str) -> int:
         stop.set()
         if bar is not None:
             bar.close()
+
+
+def _silence(timeout: float, received: int, answered: bool) -> str:
+    if received:
+        return f"no data for {timeout:g} s after {received:,} bytes"
+    if not answered:
+        return f"no answer within {timeout:g} s (the host, a proxy or the name lookup did not respond)"
+    return f"the answer started, then no data for {timeout:g} s"
 
 
 def _progress_bar(length: Optional[int], name: str):

@@ -489,6 +489,13 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
 
 def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
     from keras_tl import distribute
+    from keras_tl import weights as weights_lib
+
+    # Resolve weights first (no TensorFlow needed), before reading any data or creating the run
+    # directory: a missing or damaged ImageNet file is downloaded and verified, or stops the run
+    # here with nothing written, within the download timeout rather than after TensorFlow's start-up.
+    resolved_weights = weights_lib.resolve_weights(recipe)
+    weights_info = _as_dict(resolved_weights)
 
     runtime = distribute.setup(recipe, tpu_flags=tpu_flags)
 
@@ -500,12 +507,6 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
     from keras_tl import export as export_lib
     from keras_tl import freeze, model as model_lib
 
-    from keras_tl import weights as weights_lib
-
-    # Resolve weights before reading any data or creating the run directory: a missing or damaged
-    # ImageNet file is downloaded (and verified) or stops the run here, with nothing written.
-    resolved_weights = weights_lib.resolve_weights(recipe)
-    weights_info = _as_dict(resolved_weights)
     keras.utils.set_random_seed(recipe.seed)
     if recipe.train.deterministic:
         tf.config.experimental.enable_op_determinism()

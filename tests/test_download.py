@@ -41,7 +41,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         self.server.requests.append(self.path)
-        self.server.behave(self)
+        try:
+            self.server.behave(self)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
+            pass
 
     def log_message(self, *args):
         pass
@@ -559,3 +562,21 @@ def test_efficientnet_file_lands_where_keras_reads_it(home, tmp_path, monkeypatc
         for a, b in zip(layer.get_weights(), bb.get_layer(layer.name).get_weights()):
             np.testing.assert_array_equal(a, b)
     assert any(isinstance(l, keras.layers.Rescaling) and np.ndim(l.scale) for l in bb.layers)  # the ImageNet std-dev layer
+
+
+def test_full_disk_is_one_error_and_leaves_nothing(home, tmp_path, monkeypatch):
+    mirror_dir = tmp_path / "mirror"
+    mirror_dir.mkdir()
+    (mirror_dir / NAME).write_bytes(DATA)
+    monkeypatch.setenv(download.MIRROR_ENV, str(mirror_dir))
+    real_fsync = os.fsync
+
+    def full(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).endswith(".part"):
+            raise OSError(28, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(download.os, "fsync", full)
+    with pytest.raises(WeightsError, match="cannot use the Keras cache \\(No space left on device in .*; fix its permissions or free space"):
+        W.resolve_weights(_recipe())
+    assert cache_listing(home) == []
