@@ -47,9 +47,29 @@ class Backbone:
     # The Keras model normalises its input with per-RGB-channel ImageNet statistics inside itself,
     # so it only accepts 3 channels (data.channels != 3 is refused).
     rgb_only: bool = False
+    # Where keras.applications downloads weights_file from, and the hash Keras publishes for it
+    # (md5 for 32 hex digits, sha256 for 64, as keras.utils.get_file decides); both pinned to
+    # Keras's own constants by tests/test_backbones.py.
+    weights_origin: Optional[str] = None
+    weights_hash: Optional[str] = None
 
 
 _RESNET_STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
+_KERAS_APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+# The no-top hashes of keras.applications (WEIGHTS_HASHES[...][1] in resnet.py, efficientnet.py,
+# mobilenet_v3.py, convnext.py; a literal in densenet.py).
+_NOTOP_HASHES = {
+    "resnet50": "4d473c1dd8becc155b73f8504c6f6626",
+    "resnet101": "88cf7a10940856eca736dc7b7e228a21",
+    "resnet152": "ee4c566cf9a93f14d82f913c2dc6dd0c",
+    "resnet50v2": "fac2f116257151a9d068a22e544a4917",
+    "resnet101v2": "c0ed64b8031c3730f411d2eb4eea35b5",
+    "efficientnetb0": "50bc09e76180e00e4465e1a485ddc09d",
+    "mobilenetv3small": "d3e8ec802a04aa4fc771ee12a9a9b836",
+    "convnext_tiny": "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1",
+    "densenet121": "30ee3e1110167f948a6b9946edeeb738",
+}
 
 
 def _resnet(name, ctor, v2=False):
@@ -70,6 +90,8 @@ def _resnet(name, ctor, v2=False):
         feature_width=2048,
         weights_file=f"{name}_weights_tf_dim_ordering_tf_kernels_notop.h5",
         stage_patterns=patterns,
+        weights_origin=f"{_KERAS_APPS}resnet/{name}_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        weights_hash=_NOTOP_HASHES[name],
     )
 
 
@@ -85,6 +107,9 @@ def _efficientnet(name, ctor, width):
         weights_file=f"{name}_notop.h5",
         stage_patterns=(("stem", r"stem_.*"),) + blocks + (("top", r"top_.*"),),
         rgb_only=True,
+        # Not under tensorflow/: EfficientNet's files live in a bucket directory of their own.
+        weights_origin=f"https://storage.googleapis.com/keras-applications/{name}_notop.h5",
+        weights_hash=_NOTOP_HASHES[name],
     )
 
 
@@ -123,6 +148,8 @@ def _convnext(name, ctor, width):
             ("stage4", rf"{p}_(downsampling_block_2|stage_3_.*)"),
         ),
         kwargs=(("include_preprocessing", True),),
+        weights_origin=f"{_KERAS_APPS}convnext/{name}_notop.h5",
+        weights_hash=_NOTOP_HASHES[name],
     )
 
 
@@ -144,6 +171,8 @@ def _densenet(name, ctor, width):
             ("conv4", r"(pool3_.*|conv4_.*)"),
             ("conv5", r"(pool4_.*|conv5_.*|bn|relu|bn_.*|relu_.*)"),
         ),
+        weights_origin=f"{_KERAS_APPS}densenet/{name}_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        weights_hash=_NOTOP_HASHES[name],
     )
 
 
@@ -167,6 +196,8 @@ _MOBILENET_V3_SMALL = Backbone(
         ("top", r"conv_1(_.*)?"),
     ),
     kwargs=(("include_preprocessing", True),),
+    weights_origin=f"{_KERAS_APPS}mobilenet_v3/weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+    weights_hash=_NOTOP_HASHES["mobilenetv3small"],
 )
 
 _REGISTRY: Dict[str, Backbone] = {

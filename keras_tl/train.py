@@ -489,6 +489,13 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
 
 def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
     from keras_tl import distribute
+    from keras_tl import weights as weights_lib
+
+    # Resolve weights first (no TensorFlow needed), before reading any data or creating the run
+    # directory: a missing or damaged ImageNet file is downloaded and verified, or stops the run
+    # here with nothing written, within the download timeout rather than after TensorFlow's start-up.
+    resolved_weights = weights_lib.resolve_weights(recipe)
+    weights_info = _as_dict(resolved_weights)
 
     runtime = distribute.setup(recipe, tpu_flags=tpu_flags)
 
@@ -500,10 +507,6 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
     from keras_tl import export as export_lib
     from keras_tl import freeze, model as model_lib
 
-    from keras_tl import weights as weights_lib
-
-    # Resolve weights before reading any data: a missing ImageNet file stops the run in seconds.
-    weights_info = _as_dict(weights_lib.resolve_weights(recipe))
     keras.utils.set_random_seed(recipe.seed)
     if recipe.train.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -531,7 +534,7 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
     num_classes = len(class_names)
 
     with runtime.strategy.scope():
-        model = model_lib.build_model(recipe, num_classes)
+        model = model_lib.build_model(recipe, num_classes, weights_info=resolved_weights)
     num_outputs = int(model.output.shape[-1])
     train_ds = _encode_labels(datasets.train, num_outputs)
     val_ds = _encode_labels(datasets.val, num_outputs)

@@ -490,20 +490,24 @@ def load_plan(path: str, overrides: Sequence[str] = ()) -> Plan:
 # ---------------------------------------------------------------- inputs
 
 
-def missing_weights(plan: Plan) -> List[str]:
-    """One message per weights source (model.weights value) of the plan that cannot be provided."""
+def missing_weights(plan: Plan, *, fetch: bool = True) -> List[str]:
+    """One message per weights source (backbone and model.weights) of the plan that cannot be provided.
+
+    Each source is resolved once, here, before the first run: ImageNet files are downloaded
+    (``fetch``) and verified now, so the runs find them in the cache. ``fetch=False`` only checks.
+    """
     from keras_tl import weights as weights_lib
 
     seen, problems = set(), []
     for arm in plan.arms:
-        w = arm.recipe.model.weights
-        if w in seen:
+        key = (arm.recipe.model.backbone, arm.recipe.model.weights)
+        if key in seen:
             continue
-        seen.add(w)
+        seen.add(key)
         try:
-            weights_lib.resolve_weights(arm.recipe)
+            weights_lib.resolve_weights(arm.recipe, fetch=fetch)
         except UserError as e:
-            problems.append(f"arm {arm.id} (model.weights={w}): {e}")
+            problems.append(f"arm {arm.id} (model.weights={key[1]}): {e}")
     return problems
 
 
