@@ -100,6 +100,7 @@ def feature_key_parts(recipe: recipe_lib.Recipe, info, entry, data_info: dict) -
         "source": data_info.get("source"),
         "synthetic": dataclasses.asdict(d.synthetic) if d.source == "synthetic_galaxies" else None,
         "split_hash": {s: data_info.get("split_hash", {}).get(s) for s in ("train", "val")},
+        "input_transform": data_info.get("input_transform"),  # data.nan + resolved data.scale
     }
 
 
