@@ -132,6 +132,11 @@ def resolve_weights(recipe) -> WeightsInfo:
     if w == "none":
         return WeightsInfo("none")
     if w == "imagenet":
+        if entry.imagenet_source == "package":
+            from keras_tl import efficientnet_lite
+
+            path = efficientnet_lite.ensure_imagenet_weights()  # converted once, verified (no Keras import)
+            return WeightsInfo("imagenet", path, sha256_file(path))
         path = imagenet_cache_path(entry)
         if not os.path.isfile(path):
             raise _imagenet_missing(entry, path)
@@ -301,6 +306,9 @@ def _cut(model, output_layer: Optional[str]):
 
 def _imagenet_rgb_backbone(entry, input_shape, path: str):
     """The RGB backbone with ImageNet weights, loaded by keras.applications from the cache file."""
+    if entry.imagenet_source == "package":
+        # keras_tl's own builder loads the converted file (resolve_weights made and verified it).
+        return backbones.build_backbone(entry, input_shape, weights=path)
     if entry.family == "efficientnet":
         # EfficientNet adds its ImageNet std-dev Rescaling layer only for weights="imagenet",
         # so Keras must find the file itself (in the cache directory it fixed at import).
@@ -325,10 +333,11 @@ def build_weighted_backbone(recipe, info: Optional[WeightsInfo] = None):
     h, w = recipe.data.image_size
     c = recipe.data.channels
     shape = (h, w, c)
-    if c != 3 and entry.family in ("efficientnet", "convnext"):
+    if c != 3 and entry.rgb_only:
+        ok = ", ".join(n for n in backbones.names() if not backbones.get(n).rgb_only)
         raise UserError(
             f"data.channels: {c} channels is not supported for model.backbone {entry.name}: its built-in "
-            f"ImageNet normalisation is fixed to RGB; use 3 channels or a resnet/resnet_v2/densenet/mobilenetv3small backbone"
+            f"ImageNet normalisation is fixed to RGB; use 3 channels or one of: {ok}"
         )
     info = info or resolve_weights(recipe)
     cut_output = backbones.stage_output_layer(entry, m.cut_after) if m.cut_after else None
