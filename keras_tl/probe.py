@@ -216,7 +216,8 @@ def run_probe(recipe: recipe_lib.Recipe, weights: Optional[Sequence[str]] = None
         "results": results,
         "bn_gap": {"measure": gap_lib.MEASURE, "results": gaps,
                    "skipped": [w for w in weights if w not in gaps]},
-        "data": {"source": datasets.info.get("source"), "split_hash": datasets.info.get("split_hash")},
+        "data": {"source": datasets.info.get("source"), "split_hash": datasets.info.get("split_hash"),
+                 "nan": datasets.info.get("nan", {}).get("policy"), "scale": datasets.info.get("scale")},
         "wall_time_s": round(time.time() - t0, 2),
     }
     if reference is not None:

@@ -28,8 +28,10 @@ from typing import Optional
 
 NAN_POLICIES = ("error", "zero", "median")
 SCALE_METHODS = ("auto", "none", "percentile", "asinh")
-# What ``method: auto`` picks for float data; measured with per-stage probes of ImageNet features,
-# see the README's Data section.
+# What ``method: auto`` picks for float data. Measured (README, Data: recipes/probe_scaling.yaml):
+# linear probes of ImageNet EfficientNet-Lite0 features on 5-band float cutouts, best stage, 500 val
+# images: none 0.280, percentile 0.666, asinh 0.646 (softening 0.1) / 0.632 (0.02); percentile >=
+# asinh at 7 of 9 stages.
 AUTO_FLOAT = "percentile"
 
 
