@@ -279,6 +279,10 @@ def test_export_takes_raw_fluxes_and_agrees_with_training(tmp_path, method, nan)
     results = list(predict.classify(p, paths, top_k=1))
     assert all(err is None for _, _, err in results)
     assert [t[0][1] for _, t, _ in results] == pytest.approx(want.max(axis=1).tolist(), abs=1e-5)
+    # keras_tl.visualize feeds model.keras through the same transform, read from export.json.
+    from keras_tl import visualize
+
+    assert visualize.input_transform_for(os.path.join(out, "model.keras")) == d.input_transform
 
 
 def test_export_with_nan_error_refuses_nan_in_serving(tmp_path):
