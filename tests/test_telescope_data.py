@@ -20,7 +20,6 @@ from astropy.io import fits
 from keras_tl import export, predict
 from keras_tl import recipe as recipe_lib
 from keras_tl.data import build_datasets, hdf5, scale
-from keras_tl.data import fits as fits_lib
 from keras_tl.errors import DataError
 from keras_tl.recipe import AugmentConfig, DataConfig, ExportConfig, FitsConfig, Hdf5Config, Recipe, RecipeError, ScaleConfig
 

@@ -117,7 +117,7 @@ def inspect(data) -> dict:
             "class_names": names, "class_names_from": where, "chunks": chunks}
 
 
-def block_rows(image_shape, itemsize: int, budget: int = None) -> int:
+def block_rows(image_shape, itemsize: int, budget: Optional[int] = None) -> int:
     """Rows per read so that one block holds at most ``budget`` bytes (at least 1 row)."""
     budget = BLOCK_BYTES if budget is None else budget
     row = int(np.prod(image_shape)) * int(itemsize)
