@@ -10,12 +10,14 @@ is the test readers use.
 Layout of ``out_dir``::
 
     savedmodel/           tf.saved_model, signature "serve" (also "serving_default"): pixels float32
-                          [None, H, W, C] (raw pixel units, the model preprocesses) ->
-                          {"output_0": probabilities float32 [None, K]}
-    model.keras           the Keras model (custom keras_tl layers reload in safe mode)
+                          [None, H, W, C] (raw pixel units or fluxes: the SavedModel applies the
+                          training pipeline's input transform, data.nan + data.scale, then the
+                          model preprocesses) -> {"output_0": probabilities float32 [None, K]}
+    model.keras           the Keras model (custom keras_tl layers reload in safe mode); it takes
+                          pixels *after* the input transform, as the training pipeline fed it
     labels.txt            one class name per line, in output order
     backbone.weights.h5   the nested "backbone" sub-model's weights, for later transfer
-    export.json           shapes, class names, resize mode, versions, sha256 of every file, verification
+    export.json           shapes, class names, resize mode, input transform, versions, sha256 of every file, verification
     COMPLETE              written last
 """
 
@@ -134,10 +136,14 @@ def _versions() -> dict:
     return {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(), "numpy": np.__version__}
 
 
-def save_serving(model, path: str, hwc) -> None:
+def save_serving(model, path: str, hwc, input_transform=None) -> None:
     """SavedModel with signatures "serve" and "serving_default": pixels float32 [None, H, W, C]
     -> {"output_0": probabilities float32}; ``tf.saved_model.load(path).serve(x)`` returns the
     probabilities tensor, as with ``model.export``.
+
+    ``input_transform`` (keras_tl.data.scale: NaN policy + flux scaling, None for none) is traced
+    into the signature with the training pipeline's own function, so the SavedModel takes what
+    the data files hold (raw fluxes) and transforms them exactly as training did.
 
     Not ``model.export``: on the TensorFlow backend it stores every weight twice (once per
     keras.Variable wrapper, once per captured tf.Variable; keras-team/keras#23553), doubling
@@ -146,11 +152,14 @@ def save_serving(model, path: str, hwc) -> None:
     """
     import tensorflow as tf
 
+    from keras_tl.data import scale as scale_lib
+
+    transform = scale_lib.check(input_transform)
     module = tf.Module()
     module.variables_ = [v.value if hasattr(v, "value") else v for v in model.variables]
     spec = tf.TensorSpec([None, *hwc], tf.float32, name="pixels")
     # Returns the tensor (as model.export's endpoint does); the signatures name it "output_0".
-    module.serve = tf.function(lambda pixels: model(pixels, training=False), input_signature=[spec])
+    module.serve = tf.function(lambda pixels: model(scale_lib.apply(pixels, transform), training=False), input_signature=[spec])
     fn = module.serve.get_concrete_function()
     tf.saved_model.save(module, path, signatures={SIGNATURE: fn, "serving_default": fn})
 
@@ -169,10 +178,10 @@ def save_keras_for_inference(model, path: str) -> None:
         model.save(path)
 
 
-def _write(model, tmp: str, names: list, recipe, hwc) -> None:
+def _write(model, tmp: str, names: list, recipe, hwc, transform) -> None:
     cfg = recipe.export
     if cfg.savedmodel:
-        save_serving(model, os.path.join(tmp, "savedmodel"), hwc)
+        save_serving(model, os.path.join(tmp, "savedmodel"), hwc, transform)
     if cfg.keras:
         save_keras_for_inference(model, os.path.join(tmp, "model.keras"))
     if cfg.backbone_weights:
@@ -201,10 +210,16 @@ def _max_diff(a, b) -> float:
     return float(np.max(np.abs(a - b))) if a.size else 0.0
 
 
-def _verify(model, tmp: str, samples: np.ndarray, recipe, atol: float) -> dict:
+def _verify(model, tmp: str, samples: np.ndarray, recipe, atol: float, transform) -> dict:
+    """The SavedModel gets the raw ``samples``; the in-memory model and model.keras get them
+    through the input transform (as training fed them)."""
     import keras
     import tensorflow as tf
 
+    from keras_tl.data import scale as scale_lib
+
+    raw = samples
+    samples = scale_lib.apply(raw, transform).numpy()
     expected = np.asarray(model.predict(samples, batch_size=len(samples), verbose=0))
     if not np.all(np.isfinite(expected)):
         raise ExportError("export: the model predicts NaN/inf on the sample images; the trained weights are broken (check the learning rate and train.precision)")
@@ -213,7 +228,7 @@ def _verify(model, tmp: str, samples: np.ndarray, recipe, atol: float) -> dict:
         loaded = tf.saved_model.load(os.path.join(tmp, "savedmodel"))
         if SIGNATURE not in loaded.signatures:
             raise ExportError(f"export: the SavedModel has no {SIGNATURE!r} signature (found {sorted(loaded.signatures)})")
-        outputs = loaded.signatures[SIGNATURE](pixels=tf.constant(samples))
+        outputs = loaded.signatures[SIGNATURE](pixels=tf.constant(raw))
         got = next(iter(outputs.values())).numpy()
         report["savedmodel_max_abs_diff"] = d = _max_diff(got, expected)
         if not d <= atol:
@@ -253,17 +268,24 @@ def _publish_remote(tmp: str, out_dir: str) -> None:
         raise
 
 
-def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sample_images, top_k: int = 5) -> dict:
+def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sample_images, top_k: int = 5,
+               input_transform=None) -> dict:
     """Write, verify and atomically publish the export of ``model`` to ``out_dir``.
 
-    ``sample_images`` are raw-pixel float32 images [N, H, W, C] used to check that the
+    ``input_transform``: what the training pipeline applied to decoded images before the model
+    (``Datasets.input_transform``; None: nothing). The SavedModel applies it to its input.
+    ``sample_images`` are raw float32 images [N, H, W, C] *before* that transform (as a
+    SavedModel client sends them; ``Datasets.serving_samples()``), used to check that the
     reloaded SavedModel and .keras file reproduce the in-memory predictions (skipped when
     ``recipe.export.verify`` is false). Returns export.json's content plus ``dir``.
     Raises WorkdirError if ``out_dir`` exists, ExportError if verification fails; on any
     failure nothing is left at ``out_dir`` or beside it.
     """
+    from keras_tl.data import scale as scale_lib
+
     out_dir = out_dir.rstrip("/") if _is_remote(out_dir) else os.path.abspath(out_dir)
     _check_destination(out_dir)
+    transform = scale_lib.check(input_transform)
     hwc = _shape_hw_c(model, recipe)
     num_outputs = int(model.output_shape[-1])
     names = _check_labels(class_names, num_outputs)
@@ -292,8 +314,8 @@ def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sampl
         except OSError as e:
             raise WorkdirError(f"{parent}: cannot create the export's temporary directory here ({e.strerror or e}); choose a writable --workdir") from None
     try:
-        _write(model, tmp, names, recipe, hwc)
-        verification = _verify(model, tmp, samples, recipe, atol) if recipe.export.verify else None
+        _write(model, tmp, names, recipe, hwc, transform)
+        verification = _verify(model, tmp, samples, recipe, atol, transform) if recipe.export.verify else None
         info = {
             "format_version": FORMAT_VERSION,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -302,7 +324,10 @@ def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sampl
             "signature": SIGNATURE if recipe.export.savedmodel else None,
             "input": {"name": "pixels", "shape": [None, *hwc], "dtype": "float32",
                       "image_size": list(hwc[:2]), "channels": hwc[2], "resize": recipe.data.resize,
-                      "units": "raw pixels (0..255 for 8-bit images); the model applies its own preprocessing"},
+                      "transform": transform, "fits_hdu": recipe.data.fits.hdu,
+                      "units": "raw pixels as the data files hold them (0..255 for 8-bit images, fluxes for float data); "
+                               "the SavedModel applies 'transform' (data.nan, data.scale), then the model's own preprocessing; "
+                               "model.keras takes pixels after 'transform'"},
             "output": {"shape": [None, num_outputs], "dtype": "float32", "type": recipe.model.output,
                        "activation": "softmax" if recipe.model.output == "multiclass" else "sigmoid"},
             "class_names": names,

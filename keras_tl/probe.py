@@ -100,6 +100,7 @@ def feature_key_parts(recipe: recipe_lib.Recipe, info, entry, data_info: dict) -
         "source": data_info.get("source"),
         "synthetic": dataclasses.asdict(d.synthetic) if d.source == "synthetic_galaxies" else None,
         "split_hash": {s: data_info.get("split_hash", {}).get(s) for s in ("train", "val")},
+        "input_transform": data_info.get("input_transform"),  # data.nan + resolved data.scale
     }
 
 
@@ -215,7 +216,8 @@ def run_probe(recipe: recipe_lib.Recipe, weights: Optional[Sequence[str]] = None
         "results": results,
         "bn_gap": {"measure": gap_lib.MEASURE, "results": gaps,
                    "skipped": [w for w in weights if w not in gaps]},
-        "data": {"source": datasets.info.get("source"), "split_hash": datasets.info.get("split_hash")},
+        "data": {"source": datasets.info.get("source"), "split_hash": datasets.info.get("split_hash"),
+                 "nan": datasets.info.get("nan", {}).get("policy"), "scale": datasets.info.get("scale")},
         "wall_time_s": round(time.time() - t0, 2),
     }
     if reference is not None:

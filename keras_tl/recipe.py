@@ -102,9 +102,39 @@ class SyntheticConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FitsConfig:
+    """FITS files (``.fits``, ``.fits.gz``, ``.fz``) in a directory source."""
+
+    # The HDU holding the image: an index (0 = primary) or an EXTNAME such as SCI. null: the first
+    # HDU with image data (the primary, or extension 1 of a tile-compressed .fz); run.json says which.
+    hdu: Optional[Union[int, str]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Hdf5Config:
+    """``data.source: hdf5``: one file (data.path) holding an image array and a label array."""
+
+    images: Optional[str] = None  # dataset of (N, H, W[, C]) images, e.g. images (Galaxy10 DECaLS)
+    labels: Optional[str] = None  # dataset of (N,) integer labels, e.g. ans (Galaxy10 DECaLS)
+    # A list of names (label i is class_names[i]), or the name of an attribute of the labels
+    # dataset (or of the file) holding them. null: the label values themselves ("0", "1", ...).
+    class_names: Optional[Union[Tuple[str, ...], str]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleConfig:
+    """Flux scaling into 0..255, per image and band, before the backbone's own preprocessing."""
+
+    # auto: none for 8-bit data, percentile for float data (the choice is measured: README, Data).
+    method: Literal["auto", "none", "percentile", "asinh"] = "auto"
+    clip: Tuple[float, float] = _field((0.5, 99.5), min=0.0, max=100.0)  # percentiles that map to 0 and 255
+    softening: float = _field(0.1, min=1e-4, max=1e4)  # asinh: linear below it, in units of the clip range
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: Literal["directory", "tfds", "synthetic_galaxies"] = "synthetic_galaxies"
-    path: Optional[str] = None  # directory source: one subfolder per class (local or gs://)
+    source: Literal["directory", "tfds", "synthetic_galaxies", "hdf5"] = "synthetic_galaxies"
+    path: Optional[str] = None  # directory source: one subfolder per class (local or gs://); hdf5: the file
     name: Optional[str] = None  # tfds source: dataset name, e.g. "eurosat/rgb"
     data_dir: Optional[str] = None  # tfds data_dir
     train_split: str = "train"
@@ -127,6 +157,10 @@ class DataConfig:
     deterministic: bool = False
     class_weights: bool = False
     on_bad_file: Literal["error", "skip"] = "error"
+    nan: Literal["error", "zero", "median"] = "error"  # NaN (masked) pixels; median: the band's own median
+    scale: ScaleConfig = _field(factory=ScaleConfig)
+    fits: FitsConfig = _field(factory=FitsConfig)
+    hdf5: Hdf5Config = _field(factory=Hdf5Config)
     synthetic: SyntheticConfig = _field(factory=SyntheticConfig)
 
 
@@ -433,6 +467,16 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _section_hint(cls, raw) -> str:
+    """For a scalar given where a section belongs (``data.scale: asinh``): the key it fits."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if typing.get_origin(tp) is Literal and raw in typing.get_args(tp) and not isinstance(raw, bool):
+            return f" (did you mean {{{f.name}: {raw}}}?)"
+    return ""
+
+
 class _Builder:
     def __init__(self, where: str):
         self.where = where
@@ -444,7 +488,7 @@ class _Builder:
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            self.fail(path, f"expected a mapping of keys, got {_short(raw)}")
+            self.fail(path, f"expected a mapping of keys, got {_short(raw)}{_section_hint(cls, raw)}")
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
@@ -820,6 +864,25 @@ def validate(recipe: Recipe, where: str = "<recipe>") -> None:
         fail("data.path", "data.source is directory: set data.path to a folder with one subfolder per class")
     if d.source == "tfds" and not d.name:
         fail("data.name", "data.source is tfds: set data.name to a TFDS dataset name, e.g. eurosat/rgb")
+    if d.source == "hdf5":
+        if not d.path:
+            fail("data.path", "data.source is hdf5: set data.path to the .h5 file")
+        for key, example in (("images", "images"), ("labels", "ans")):
+            if not getattr(d.hdf5, key):
+                fail(f"data.hdf5.{key}", f"data.source is hdf5: name the {key} dataset in the file, e.g. {example} (Galaxy10 DECaLS)")
+        if isinstance(d.hdf5.class_names, tuple):
+            names = d.hdf5.class_names
+            if len(names) < 2 or len(set(names)) != len(names) or any(not n or n != n.strip() or not n.isprintable() for n in names):
+                fail("data.hdf5.class_names", f"expected at least 2 distinct, non-empty, printable names, got {_short(list(names))}")
+        elif d.hdf5.class_names == "":
+            fail("data.hdf5.class_names", "expected a list of names or the name of an attribute holding them, got ''")
+    if isinstance(d.fits.hdu, int) and d.fits.hdu < 0:
+        fail("data.fits.hdu", f"expected an HDU index >= 0 (0 is the primary) or an extension name, got {d.fits.hdu}")
+    if d.fits.hdu == "":
+        fail("data.fits.hdu", "expected an HDU index or an extension name such as SCI, got ''")
+    lo, hi = d.scale.clip
+    if not lo < hi:
+        fail("data.scale.clip", f"expected [low, high] percentiles with low < high, got {list(d.scale.clip)}")
     h, w = d.image_size
     if h < 32 or w < 32 or h > 4096 or w > 4096:
         fail("data.image_size", f"each side must be between 32 and 4096 pixels, got {list(d.image_size)}")

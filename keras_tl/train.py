@@ -658,9 +658,9 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
         if export_lib.is_complete(export_dir):  # exports are atomic: complete, from an attempt killed before DONE
             export_info = {**export_lib.read_export(export_dir), "dir": export_dir, "reused": True}
         else:
-            sample = next(iter(datasets.val.take(1)))[0][:8]
             export_info = export_lib.export_run(model, export_dir, class_names=class_names, recipe=recipe,
-                                                sample_images=np.asarray(sample), top_k=recipe.train.top_k)
+                                                sample_images=datasets.serving_samples(8), top_k=recipe.train.top_k,
+                                                input_transform=datasets.input_transform)
 
     faults.point("exported")
     images_seen = sum(p["images_seen"] for p in state["phases"])

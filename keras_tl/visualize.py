@@ -37,6 +37,23 @@ def resolve_model_path(arg: str) -> str:
     raise UserError(f"--model {arg}: not found or not a .keras file; give a run directory, an export directory or a .keras file")
 
 
+def input_transform_for(model_path: str) -> Optional[dict]:
+    """The input transform (data.nan + data.scale) recorded in export.json beside the .keras file, if any."""
+    path = os.path.join(os.path.dirname(model_path), "export.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        transform = json.load(f).get("input", {}).get("transform")
+    if transform is None:
+        return None
+    from keras_tl.data import scale as scale_lib
+
+    try:
+        return scale_lib.check(transform)
+    except ValueError as e:
+        raise UserError(f"{path}: {e}; the export is damaged, export again") from None
+
+
 def class_names_for(model_path: str, num_outputs: int) -> List[str]:
     """labels.txt beside the .keras file (one name per line) or class_<i>."""
     path = os.path.join(os.path.dirname(model_path), "labels.txt")
@@ -126,6 +143,7 @@ class ModelView:
         self.class_names = class_names_for(self.path, int(self.model.output.shape[-1]))
         self.split = gradcam.split_at_backbone(self.model)
         self.stage_model = model_lib.stage_model(self.model)
+        self.transform = input_transform_for(self.path)
 
     def explain(self, images: np.ndarray, k: int):
         from keras_tl.diagnostics import gradcam
@@ -199,6 +217,11 @@ def run(models: Sequence[str], images: Sequence[str], out_dir: str, *, maps: int
     per_model = []
     for v in views:
         batch = np.stack([load_image(p, v.size, v.channels) for p in images])
+        if v.transform is not None:
+            from keras_tl.data import scale as scale_lib
+
+            # model.keras takes pixels after the run's input transform (data.nan + data.scale).
+            batch = scale_lib.apply(batch, v.transform).numpy()
         heat, classes, probs, stages = v.explain(batch, maps)
         per_model.append((v, batch, heat, classes, probs, stages))
     records, used = [], set()
