@@ -131,6 +131,19 @@ def reinit_stages(backbone, entry, stages, input_shape) -> list:
     return changed
 
 
+def set_bn_momentum(backbone, momentum: float) -> int:
+    """Set the moving-statistics momentum of every BatchNormalization layer in ``backbone``; returns how many."""
+    n = 0
+    stack = list(backbone.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            n += 1
+        stack.extend(getattr(layer, "layers", []))
+    return n
+
+
 def build_model(recipe, num_classes: int, weights_info=None) -> keras.Model:
     """The full model for ``recipe`` with ``num_classes`` outputs (see the module docstring).
 
@@ -147,6 +160,8 @@ def build_model(recipe, num_classes: int, weights_info=None) -> keras.Model:
     backbone, info = weights_mod.build_weighted_backbone(recipe, weights_info)
     if m.reinit:
         reinit_stages(backbone, entry, m.reinit, (h, w, c))
+    if m.bn_momentum is not None:
+        set_bn_momentum(backbone, m.bn_momentum)
 
     pixels = keras.Input((h, w, c), name="pixels", dtype="float32")
     x = Preprocess(entry.preprocess, c, entry.name, name="preprocess")(pixels)
