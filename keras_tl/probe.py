@@ -31,30 +31,12 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+from keras_tl import fs
 from keras_tl import recipe as recipe_lib
 from keras_tl.errors import DataError, UserError, WeightsError, WorkdirError
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _write_json(path: str, obj) -> None:
-    import numpy as np
-
-    def default(o):
-        if isinstance(o, np.integer):
-            return int(o)
-        if isinstance(o, np.floating):
-            return float(o)
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        return str(o)
-
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=default)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def _make_dir(path: str) -> None:
@@ -227,7 +209,7 @@ def run_probe(recipe: recipe_lib.Recipe, weights: Optional[Sequence[str]] = None
                        "halves of the target's training features; relative: distance / (tr C_target + tr C_reference)",
             "results": frechet,
         }
-    _write_json(os.path.join(workdir, "probe.json"), out)
+    fs.write_json(os.path.join(workdir, "probe.json"), out)
     plot_probe(out, os.path.join(workdir, "probe.png"))
     if gaps:
         plot_bn_gap(out, os.path.join(workdir, "bn_gap.png"))
@@ -415,8 +397,7 @@ def run_compare(run_dir: str, workdir: Optional[str] = None, *, max_images: int 
     recipe = recipe_lib.load(recipe_path)
     run_info = {}
     if os.path.isfile(os.path.join(run_dir, "run.json")):
-        with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as f:
-            run_info = json.load(f)
+        run_info = json.loads(fs.read_text(os.path.join(run_dir, "run.json")))
 
     from keras_tl import weights as weights_lib
 
@@ -488,7 +469,7 @@ def run_compare(run_dir: str, workdir: Optional[str] = None, *, max_images: int 
         "weight_change": "||theta - theta0|| / ||theta0|| over each stage's learned parameters (BN moving statistics excluded)",
         "wall_time_s": round(time.time() - t0, 2),
     }
-    _write_json(os.path.join(workdir, "compare.json"), out)
+    fs.write_json(os.path.join(workdir, "compare.json"), out)
     plot_compare(out, os.path.join(workdir, "compare.png"))
     log(f"keras_tl.probe: CKA {_fmt(cka)}; weight change {_fmt([change.get(s, 0.0) for s in stages])}; {check}")
     log(f"keras_tl.probe: wrote {os.path.join(workdir, 'compare.json')}")

@@ -10,10 +10,10 @@ TensorFlow is imported, so a typo costs milliseconds, not a model build.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import math
 import os
-import platform
 import shutil
 import socket
 import sys
@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 
 from absl import app, flags
 
-from keras_tl import faults
+from keras_tl import faults, fs
 from keras_tl import recipe as recipe_lib
 from keras_tl.errors import UserError, WorkdirError
 
@@ -38,61 +38,7 @@ MIN_FREE_BYTES = 200 * 2**20
 DONE = "DONE"
 
 
-# ----------------------------------------------------------------- files
-
-
-def _gfile():
-    import tensorflow as tf
-
-    return tf.io.gfile
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def write_text(path: str, text: str) -> None:
-    """Write atomically (temp file + rename) so a kill never leaves half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    if _is_remote(path):
-        gf = _gfile()
-        with gf.GFile(tmp, "w") as f:
-            f.write(text)
-        gf.rename(tmp, path, overwrite=True)
-        return
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: str, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
-def _exists(path: str) -> bool:
-    return _gfile().exists(path) if _is_remote(path) else os.path.exists(path)
-
-
-def _read_text(path: str) -> str:
-    if _is_remote(path):
-        with _gfile().GFile(path, "r") as f:
-            return f.read()
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+# ----------------------------------------------------------------- run directory
 
 
 def default_workdir(recipe: recipe_lib.Recipe) -> str:
@@ -115,24 +61,24 @@ def check_workdir(workdir: str, recipe: recipe_lib.Recipe) -> bool:
     """The read-only half of :func:`prepare_workdir`: writes nothing. True when resuming."""
     recipe_text = recipe_lib.dump(recipe)
     recipe_path = os.path.join(workdir, "recipe.yaml")
-    if _exists(os.path.join(workdir, DONE)):
+    if fs.exists(os.path.join(workdir, DONE)):
         raise WorkdirError(f"{workdir}: holds a finished run; choose another --workdir or delete this one to retrain")
-    resuming = _exists(recipe_path)
+    resuming = fs.exists(recipe_path)
     if resuming:
-        if _read_text(recipe_path) != recipe_text:
+        if fs.read_text(recipe_path) != recipe_text:
             raise WorkdirError(
                 f"{workdir}: holds an unfinished run of a different recipe; resume it with the same recipe and --set flags, or choose another --workdir"
             )
-    elif _exists(workdir) and not _is_remote(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
+    elif fs.exists(workdir) and not fs.is_remote(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
         raise WorkdirError(f"{workdir}: exists, is not empty and holds no keras_tl run; choose another --workdir")
     return resuming
 
 
 def create_workdir(workdir: str, recipe: recipe_lib.Recipe, resuming: bool) -> bool:
     """The writing half of :func:`prepare_workdir`. True when this call created the directory."""
-    created = not _exists(workdir)
-    if _is_remote(workdir):
-        _gfile().makedirs(workdir)
+    created = not fs.exists(workdir)
+    if fs.is_remote(workdir):
+        fs.makedirs(workdir)
     else:
         try:
             os.makedirs(workdir, exist_ok=True)
@@ -146,7 +92,7 @@ def create_workdir(workdir: str, recipe: recipe_lib.Recipe, resuming: bool) -> b
         if free < MIN_FREE_BYTES:
             raise WorkdirError(f"{workdir}: only {free // 2**20} MiB free, keras_tl needs at least {MIN_FREE_BYTES // 2**20} MiB for checkpoints and the export; free some disk or choose another --workdir")
     if not resuming:
-        write_text(os.path.join(workdir, "recipe.yaml"), recipe_lib.dump(recipe))
+        fs.write_text(os.path.join(workdir, "recipe.yaml"), recipe_lib.dump(recipe))
     return created
 
 
@@ -322,17 +268,6 @@ def plot_confusion(matrix, class_names, path: str, title: str) -> None:
 # ------------------------------------------------------------------- records
 
 
-def _versions() -> Dict[str, str]:
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    import keras_tl
-
-    return {"keras_tl": keras_tl.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
-
-
 def _as_dict(obj) -> Optional[dict]:
     import dataclasses
 
@@ -393,28 +328,25 @@ def _best_checkpoint(path: str, monitor: str, phase_index: int, *, resuming: boo
 
     record, partial = path + ".json", path[: -len(".weights.h5")] + ".partial.weights.h5"
     best = None
-    if resuming and _exists(record) and _exists(path):
+    if resuming and fs.exists(record) and fs.exists(path):
         try:
-            value = json.loads(_read_text(record))["best"]
+            value = json.loads(fs.read_text(record))["best"]
             best = None if value is None else float(value)
         except (ValueError, KeyError, TypeError):
             best = None
     for stale in ([partial] if resuming else [partial, path, record]):
-        if _exists(stale):
-            _gfile().remove(stale) if _is_remote(stale) else os.remove(stale)
+        if fs.exists(stale):
+            fs.remove(stale)
 
     class BestWeights(keras.callbacks.ModelCheckpoint):
         def on_epoch_end(self, epoch, logs=None):
             with model_lib.optimizer_detached(self.model):  # weights only, as _save_weights
                 super().on_epoch_end(epoch, logs)
-            if not _exists(partial):
+            if not fs.exists(partial):
                 return
             faults.point(f"checkpoint:{phase_index}")  # the new best is written, not yet in place
-            if _is_remote(path):
-                _gfile().rename(partial, path, overwrite=True)
-            else:
-                os.replace(partial, path)
-            write_json(record, {"monitor": monitor, "best": None if self.best is None else float(self.best), "epoch": int(epoch)})
+            fs.replace(partial, path)
+            fs.write_json(record, {"monitor": monitor, "best": None if self.best is None else float(self.best), "epoch": int(epoch)})
 
     return BestWeights(partial, monitor=monitor, save_best_only=True, save_weights_only=True,
                        initial_value_threshold=best)
@@ -425,15 +357,14 @@ def _read_csv_log(path: str) -> Dict[str, List[float]]:
     may have logged an epoch twice: the later row wins)."""
     import csv
 
-    if not _exists(path):
+    if not fs.exists(path):
         return {}
     rows: Dict[int, dict] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                rows[int(row["epoch"])] = row
-            except (KeyError, ValueError):
-                continue
+    for row in csv.DictReader(io.StringIO(fs.read_text(path), newline="")):
+        try:
+            rows[int(row["epoch"])] = row
+        except (KeyError, ValueError):
+            continue
     out: Dict[str, List[float]] = {}
     for epoch in sorted(rows):
         for k, v in rows[epoch].items():
@@ -482,7 +413,7 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
     try:
         return _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder)
     except UserError:
-        if holder["created"] and not _exists(os.path.join(workdir, "state.json")) and not _is_remote(workdir):
+        if holder["created"] and not fs.exists(os.path.join(workdir, "state.json")) and not fs.is_remote(workdir):
             shutil.rmtree(workdir, ignore_errors=True)
         raise
 
@@ -525,7 +456,7 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
 
         workdir = tempfile.mkdtemp(prefix=f"keras_tl-worker{(runtime.task or {}).get('index', 'x')}-")
     if scan_info and scan_info.get("skipped_files"):
-        write_json(os.path.join(workdir, "skipped_files.json"), scan_info)
+        fs.write_json(os.path.join(workdir, "skipped_files.json"), scan_info)
         log(f"keras_tl: skipping {len(scan_info['skipped_files'])} unreadable files (listed in skipped_files.json)")
     class_names = list(datasets.class_names)
     num_classes = len(class_names)
@@ -537,9 +468,9 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
     val_ds = _encode_labels(datasets.val, num_outputs)
 
     state_path = os.path.join(workdir, "state.json")
-    state = json.loads(_read_text(state_path)) if _exists(state_path) else {"phases": []}
+    state = json.loads(fs.read_text(state_path)) if fs.exists(state_path) else {"phases": []}
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    os.makedirs(ckpt_dir, exist_ok=True) if not _is_remote(ckpt_dir) else _gfile().makedirs(ckpt_dir)
+    fs.makedirs(ckpt_dir)
     if state["phases"]:
         last = state["phases"][-1]
         _load_weights(model, last["weights"])
@@ -573,7 +504,7 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
         callbacks = [
             keras.callbacks.CSVLogger(os.path.join(workdir, f"log_{index}_{label}.csv"), append=True),
             # Before the backup: an epoch the backup records is always reflected in the best checkpoint.
-            _best_checkpoint(best_path, recipe.train.monitor, index, resuming=_exists(backup_dir)),
+            _best_checkpoint(best_path, recipe.train.monitor, index, resuming=fs.exists(backup_dir)),
             keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
         ]
         if os.environ.get("KERAS_TL_FAULT"):
@@ -604,7 +535,7 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
                          steps_per_execution=recipe.train.steps_per_execution)
             f_train = feats["train"].repeat() if phase.steps_per_epoch else feats["train"]
             hist = head.fit(f_train, validation_data=feats["val"], callbacks=callbacks, **fit_kwargs)
-            if _exists(best_path):
+            if fs.exists(best_path):
                 _load_weights(head, best_path)
         else:
             extract_s = None
@@ -612,7 +543,7 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
             model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=runtime.jit_compile,
                           steps_per_execution=recipe.train.steps_per_execution)
             hist = model.fit(train_in, validation_data=val_ds, callbacks=callbacks, **fit_kwargs)
-            if _exists(best_path):
+            if fs.exists(best_path):
                 _load_weights(model, best_path)
         phase_weights = os.path.join(ckpt_dir, f"phase{index}.weights.h5")
         _save_weights(model, phase_weights)
@@ -631,7 +562,7 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
             "fast_path_skipped_because": reason,
         })
         faults.point(f"phase_end:{index}")
-        write_json(state_path, state)
+        fs.write_json(state_path, state)
         faults.point(f"phase_recorded:{index}")
 
     results = {"val": evaluate(model, datasets.val, class_names, recipe.train.top_k)}
@@ -641,14 +572,14 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
     for split in results:
         cm = results[split].get("confusion")
         if cm is not None:
-            write_json(os.path.join(workdir, f"confusion_{split}.json"), {"class_names": class_names, "matrix": cm})
+            fs.write_json(os.path.join(workdir, f"confusion_{split}.json"), {"class_names": class_names, "matrix": cm})
             plot_confusion(cm, class_names, os.path.join(workdir, f"confusion_{split}.png"),
                            f"{recipe.name}: {split} (accuracy {results[split]['accuracy']:.3f})")
 
     export_dir = os.path.join(workdir, "export")
     export_info = None
     if recipe.export.savedmodel or recipe.export.keras:
-        if not _is_remote(workdir):  # temp dirs of an export killed before its rename
+        if not fs.is_remote(workdir):  # temp dirs of an export killed before its rename
             for stale in os.listdir(workdir):
                 if stale.startswith(".export.tmp-"):
                     shutil.rmtree(os.path.join(workdir, stale), ignore_errors=True)
@@ -671,12 +602,12 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
         "images_seen": images_seen,
         "wall_time": round(sum(p["wall_time_s"] for p in state["phases"]), 2),
     }
-    write_json(os.path.join(workdir, "metrics.json"), metrics)
+    fs.write_json(os.path.join(workdir, "metrics.json"), metrics)
     run_info = {
         "recipe": recipe.name,
         "workdir": workdir,
         "host": socket.gethostname(),
-        "versions": _versions(),
+        "versions": fs.versions(),
         "device": {"kind": runtime.device, "replicas": runtime.num_replicas, "precision": runtime.policy,
                    "jit_compile": runtime.jit_compile, "strategy": type(runtime.strategy).__name__},
         "seed": recipe.seed,
@@ -688,9 +619,9 @@ def _run(recipe, workdir, resuming, tpu_flags, log, t_start, holder):
         "wall_time_s": {"training": metrics["wall_time"], "this_process": round(time.time() - t_start, 2)},
         "export": export_info,
     }
-    write_json(os.path.join(workdir, "run.json"), run_info)
+    fs.write_json(os.path.join(workdir, "run.json"), run_info)
     faults.point("before_done")
-    write_text(os.path.join(workdir, DONE), datetime.datetime.now().isoformat() + "\n")
+    fs.write_text(os.path.join(workdir, DONE), datetime.datetime.now().isoformat() + "\n")
     if not runtime.is_chief:
         shutil.rmtree(workdir, ignore_errors=True)
     summary = results[final_split]

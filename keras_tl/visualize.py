@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import os
 import sys
 from typing import List, Optional, Sequence
 
 import numpy as np
 
+from keras_tl import fs
 from keras_tl.errors import DataError, UserError, WorkdirError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -222,8 +222,7 @@ def run(models: Sequence[str], images: Sequence[str], out_dir: str, *, maps: int
         render(os.path.join(out_dir, png), os.path.basename(img_path), rows)
         records.append({"image": img_path, "png": png, "predictions": preds})
     summary = {"models": [v.path for v in views], "images": records}
-    with open(os.path.join(out_dir, "visualize.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    fs.write_json(os.path.join(out_dir, "visualize.json"), summary)
     write_index(os.path.join(out_dir, "index.html"), summary)
     log(f"keras_tl.visualize: {len(records)} image(s) x {len(views)} model(s) -> {os.path.join(out_dir, 'index.html')}")
     return summary
@@ -244,8 +243,7 @@ def write_index(path: str, summary: dict) -> None:
         "backbone's last stage, then the most active feature maps at the end of each stage.</p>"
         f"<table><tr><th>image</th>{heads}</tr>\n" + "\n".join(body) + "</table>\n"
     )
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page)
+    fs.write_text(path, page)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -17,14 +17,13 @@ first convolution's kernel, adapted by :func:`adapt_conv1`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import tempfile
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from keras_tl import backbones
+from keras_tl import backbones, fs
 from keras_tl.errors import UserError, WeightsError
 
 WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")
@@ -74,11 +73,7 @@ def _imagenet_missing(entry, path: str) -> WeightsError:
 
 
 def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return fs.sha256_file(path)
 
 
 _GCS_COPIES: Dict[str, str] = {}

@@ -16,6 +16,8 @@ from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
+from keras_tl import fs
+
 FORMAT_VERSION = 1
 # Incremented by every real forward pass over a split, so tests can prove a cache hit did none.
 FORWARD_PASSES = 0
@@ -218,6 +220,6 @@ class FeatureCache:
         tmp = f"{path}.tmp-{os.getpid()}.npz"
         np.savez(tmp, **arrays)
         os.replace(tmp, path)
-        with open(os.path.join(self.directory, f"{key}.json"), "w", encoding="utf-8") as fh:
-            json.dump({"format": FORMAT_VERSION, "key": key, "depends_on": description}, fh, indent=2, default=str)
+        fs.write_text(os.path.join(self.directory, f"{key}.json"),
+                      json.dumps({"format": FORMAT_VERSION, "key": key, "depends_on": description}, indent=2, default=str))
         return path

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from keras_tl import fs
 from keras_tl.errors import UserError
 from keras_tl.study import stats
 from keras_tl.study.plan import Plan, _canon, value_label
@@ -596,37 +597,25 @@ def render_md(study: dict, plots: Dict[str, bytes]) -> str:
 
 def write_report(study: dict, out_dir: str) -> Dict[str, str]:
     """Write study.json, report.md (+ plots/*.png) and report.html into ``out_dir``; returns their paths."""
-    from keras_tl.study.runner import makedirs, write_text
-
     plots = make_plots(study)
-    makedirs(out_dir)
-    makedirs(os.path.join(out_dir, "plots"))
+    fs.makedirs(out_dir)
+    fs.makedirs(os.path.join(out_dir, "plots"))
     for key, png in plots.items():
-        path = os.path.join(out_dir, "plots", f"{key}.png")
-        if "://" in path:
-            import tensorflow as tf
-
-            with tf.io.gfile.GFile(path, "wb") as f:
-                f.write(png)
-        else:
-            with open(path, "wb") as f:
-                f.write(png)
+        fs.write_bytes(os.path.join(out_dir, "plots", f"{key}.png"), png)
     paths = {"json": os.path.join(out_dir, "study.json"), "md": os.path.join(out_dir, "report.md"),
              "html": os.path.join(out_dir, "report.html")}
-    write_text(paths["json"], json.dumps(study, indent=2) + "\n")
-    write_text(paths["md"], render_md(study, plots))
-    write_text(paths["html"], render_html(study, plots))
+    fs.write_text(paths["json"], json.dumps(study, indent=2) + "\n")
+    fs.write_text(paths["md"], render_md(study, plots))
+    fs.write_text(paths["html"], render_html(study, plots))
     return paths
 
 
 def load_probe(workdir: str) -> Optional[dict]:
-    from keras_tl.study.runner import exists, read_text
-
     path = os.path.join(workdir, "probe.json")
-    if not exists(path):
+    if not fs.exists(path):
         return None
     try:
-        return json.loads(read_text(path))
+        return json.loads(fs.read_text(path))
     except ValueError as e:
         raise UserError(f"{path}: not valid JSON ({e}); regenerate it with keras_tl.probe or delete it") from None
 
