@@ -192,9 +192,9 @@ def test_wrong_shape_weights_file_exits_2_naming_the_layer_before_training(tmp_p
 
 
 def _run_dir_error(workdir):
-    from keras_tl import train
+    from keras_tl import checkpoint
 
-    return train.prepare_workdir(workdir, recipe_lib.from_dict(TINY))
+    return checkpoint.prepare_workdir(workdir, recipe_lib.from_dict(TINY))
 
 
 def test_unwritable_workdir_is_refused(tmp_path):
@@ -209,10 +209,10 @@ def test_unwritable_workdir_is_refused(tmp_path):
 def test_too_little_disk_is_refused(tmp_path, monkeypatch):
     import shutil
 
-    from keras_tl import train
+    from keras_tl import checkpoint
 
     usage = shutil.disk_usage(str(tmp_path))
-    monkeypatch.setattr(train.shutil, "disk_usage", lambda p: usage._replace(free=50 * 2**20))
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage._replace(free=50 * 2**20))
     with pytest.raises(WorkdirError, match=r"only 50 MiB free.*at least 200 MiB"):
         _run_dir_error(str(tmp_path / "wd"))
 
