@@ -3,7 +3,6 @@ matrix per split, written as ``confusion_<split>.json`` and ``.png`` beside the 
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Any, Dict, Sequence, Tuple
 
@@ -91,6 +90,8 @@ def plot_confusion(matrix, class_names, path: str, title: str) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from keras_tl.diagnostics import plots
+
     m = np.asarray(matrix, dtype=float)
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
     n = len(class_names)
@@ -106,7 +107,4 @@ def plot_confusion(matrix, class_names, path: str, title: str) -> None:
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    fs.write_bytes(path, buf.getvalue())
+    plots.save_png(fig, path)

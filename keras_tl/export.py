@@ -167,7 +167,6 @@ def _max_diff(a, b) -> float:
 
 
 def _verify(model, tmp: str, samples: np.ndarray, recipe, atol: float) -> dict:
-    import keras
     import tensorflow as tf
 
     expected = np.asarray(model.predict(samples, batch_size=len(samples), verbose=0))
@@ -184,11 +183,9 @@ def _verify(model, tmp: str, samples: np.ndarray, recipe, atol: float) -> dict:
         if not d <= atol:
             raise ExportError(f"export: the reloaded SavedModel disagrees with the in-memory model (max |diff| {d:.3g} > {atol:g}); not exported. Set export.verify: false only to inspect it, and report a bug")
     if recipe.export.keras:
-        try:
-            import keras_tl.model  # noqa: F401  (registers keras_tl's custom layers for safe-mode loading)
-        except ImportError:
-            pass
-        reloaded = keras.saving.load_model(os.path.join(tmp, "model.keras"), safe_mode=True, compile=False)
+        from keras_tl import layers
+
+        reloaded = layers.load_keras_model(os.path.join(tmp, "model.keras"))
         got = np.asarray(reloaded.predict(samples, batch_size=len(samples), verbose=0))
         report["keras_max_abs_diff"] = d = _max_diff(got, expected)
         if not d <= atol:

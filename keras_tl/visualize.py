@@ -115,12 +115,12 @@ class ModelView:
     def __init__(self, arg: str):
         from keras_tl import model as model_lib
         from keras_tl.diagnostics import gradcam
-        from keras_tl.probe import load_run_model
+        from keras_tl.layers import load_keras_model
 
         self.arg = arg
         self.label = os.path.basename(os.path.normpath(arg))  # run() makes labels distinct
         self.path = resolve_model_path(arg)
-        self.model = load_run_model(self.path)
+        self.model = load_keras_model(self.path)
         shape = tuple(self.model.input.shape[1:])
         self.size, self.channels = shape[:2], shape[2]
         self.class_names = class_names_for(self.path, int(self.model.output.shape[-1]))
