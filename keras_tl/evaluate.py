@@ -106,5 +106,4 @@ def plot_confusion(matrix, class_names, path: str, title: str) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
     plots.save_png(fig, path)

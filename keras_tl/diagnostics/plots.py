@@ -10,9 +10,10 @@ from keras_tl import fs
 
 
 def save_png(fig, path: str) -> None:
-    """Write ``fig`` as a PNG at ``path`` (local or gs://) atomically, and close it."""
+    """Lay ``fig`` out tightly, write it as a PNG at ``path`` (local or gs://) atomically, close it."""
     import matplotlib.pyplot as plt
 
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
@@ -26,6 +27,12 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _two_panels(stages, height: float):
+    """A figure with two panels side by side, wide enough for ``stages`` on the x axis: (fig, axes, x)."""
+    fig, axes = _plt().subplots(1, 2, figsize=(2.5 + 1.6 * len(stages), height), dpi=110)
+    return fig, axes, list(range(len(stages)))
 
 
 def _short(label: str) -> str:
@@ -53,7 +60,6 @@ def plot_probe(probe: dict, path: str) -> None:
     ax.set_title(f"{probe['recipe']}: {probe['backbone']} per-stage probes", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     save_png(fig, path)
 
 
@@ -73,16 +79,13 @@ def plot_frechet(probe: dict, path: str) -> None:
     ax.set_title(f"{probe['recipe']} vs {fr['reference']['recipe']}: feature-space distance per stage", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
     save_png(fig, path)
 
 
 def plot_bn_gap(probe: dict, path: str) -> None:
     """Per stage: mean symmetric KL (log scale) and mean normalised shift, per weights source."""
-    plt = _plt()
     stages = probe["stages"]
-    fig, axes = plt.subplots(1, 2, figsize=(2.5 + 1.6 * len(stages), 3.4), dpi=110)
-    x = list(range(len(stages)))
+    fig, axes, x = _two_panels(stages, 3.4)
     for i, (label, g) in enumerate(probe["bn_gap"]["results"].items()):
         for ax, key in zip(axes, ("sym_kl", "mean_shift")):
             ys = [v if v is not None else float("nan") for v in g[key]]
@@ -96,16 +99,13 @@ def plot_bn_gap(probe: dict, path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"{probe['recipe']}: data vs BN running statistics", fontsize=9)
-    fig.tight_layout()
     save_png(fig, path)
 
 
 def plot_compare(cmp: dict, path: str) -> None:
     """Per stage: linear CKA initial vs fine-tuned (left) and the relative weight change (right)."""
-    plt = _plt()
     stages = cmp["stages"]
-    fig, axes = plt.subplots(1, 2, figsize=(2.5 + 1.6 * len(stages), 3.2), dpi=110)
-    x = list(range(len(stages)))
+    fig, axes, x = _two_panels(stages, 3.2)
     axes[0].bar(x, cmp["cka"], color="C0")
     axes[0].set_ylim(0, 1.02)
     axes[0].set_ylabel("linear CKA (initial vs fine-tuned)")
@@ -115,5 +115,4 @@ def plot_compare(cmp: dict, path: str) -> None:
         ax.set_xticks(x, stages)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(f"{os.path.basename(os.path.normpath(cmp['run_dir']))}: what fine-tuning changed", fontsize=9)
-    fig.tight_layout()
     save_png(fig, path)
