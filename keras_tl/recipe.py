@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
 import re
@@ -438,7 +439,8 @@ class _Builder:
         self.where = where
 
     def fail(self, path: str, msg: str):
-        raise RecipeError(f"{self.where}: {path or '<top>'}: {msg}")
+        prefix = f"{self.where}: " if self.where else ""
+        raise RecipeError(f"{prefix}{path or '<top>'}: {msg}")
 
     def build(self, cls, raw: Any, path: str):
         if raw is None:
@@ -581,17 +583,24 @@ def _schema_child(tp, part: str):
     raise TypeError(part)
 
 
-def apply_overrides(raw: dict, overrides) -> dict:
+def apply_overrides(raw: dict, overrides, schema=None, where: str = "") -> dict:
     """Apply ``a.b.c=value`` strings (values parsed as YAML) to a raw recipe dict.
 
     A mapping set on a section (``--set data={batch_size: 8}``) merges into it, as
     ``extends`` does; any other value (lists, ``trainable``, ``lr_multipliers``)
-    replaces what was there. ``raw`` is not modified.
+    replaces what was there. ``raw`` is not modified. ``schema``: the dataclass the keys
+    are checked against (default :class:`Recipe`; a study section passes its own); ``where``
+    (a file name) prefixes error messages.
     """
-    return _apply_overrides(raw, overrides, "")
+    return _apply_overrides(raw, overrides, where, schema or Recipe)
 
 
-def _apply_overrides(raw: dict, overrides, where: str) -> dict:
+def parse_value(text: str, where: str) -> Any:
+    """An override's value as ``--set`` reads it (YAML with YAML 1.2 / JSON numbers)."""
+    return _parse_yaml(text, where) if text.strip() else ""
+
+
+def _apply_overrides(raw: dict, overrides, where: str, schema=None) -> dict:
     prefix = f"{where}: " if where else ""
     raw = _deep_merge({}, raw)
     if isinstance(overrides, str):
@@ -608,8 +617,8 @@ def _apply_overrides(raw: dict, overrides, where: str) -> dict:
         def fail(msg):
             raise RecipeError(f"{prefix}--set {key}: {msg}")
 
-        value = _parse_yaml(text, f"{prefix}--set {key}") if text.strip() else ""
-        types: list = [Recipe]  # types[i]: the schema type at parts[:i]
+        value = parse_value(text, f"{prefix}--set {key}")
+        types: list = [schema or Recipe]  # types[i]: the schema type at parts[:i]
         for i, part in enumerate(parts):
             tp = types[-1]
             try:
@@ -739,6 +748,20 @@ def loads(text: str, where: str = "<string>") -> Recipe:
 def replace(recipe: Recipe, overrides) -> Recipe:
     """A copy of ``recipe`` with ``--set``-style overrides applied (used by studies)."""
     return from_dict(apply_overrides(to_dict(recipe), overrides), f"<{recipe.name}>")
+
+
+def check_override(recipe: Recipe, key: str, value: Any) -> None:
+    """RecipeError unless ``--set key=value`` fits ``recipe``'s schema (known key, type, range).
+
+    Cross-field rules are left to :func:`validate` (a study checks them per arm)."""
+    raw = _apply_overrides(to_dict(recipe), [f"{key}={json.dumps(value)}"], "")
+    _Builder("").build(Recipe, raw, "")
+
+
+def build_section(schema, raw: Any, where: str, path: str = ""):
+    """The frozen dataclass ``schema`` from plain data, as strictly as a recipe is built
+    (unknown keys name the closest valid one; types and ranges are checked)."""
+    return _Builder(where).build(schema, raw, path)
 
 
 # ----------------------------------------------------------------- validation

@@ -220,3 +220,15 @@ def test_loss_metric_lower_is_better_and_keeps_precision(tmp_path):
     (c,) = study["comparisons"]
     assert study["higher_is_better"] is False and c["verdict"] == stats.BETTER
     assert f"imagenet beats scratch by {c['mean']:+.3g} (95% CI" in study["verdict"] and -0.034 < c["mean"] < -0.029
+
+
+def test_missing_metric_names_the_run_by_its_plan_key(tmp_path):
+    """The key comes from the plan, learning-rate index included (report.py once rebuilt it without)."""
+    plan = make_plan(tmp_path, "\n  init: [imagenet, none]\n  seeds: 2\n  lr_grid: [1.0e-3, 1.0e-4]\n")
+    results = {r.key: {"val": {"accuracy": 0.8 if r.lr_index == 1 else 0.5}, "test": {"accuracy": 0.7}, "history": {}}
+               for r in plan.runs}
+    picked = next(r for r in plan.runs if r.lr_index == 1 and r.seed == 1)
+    results[picked.key] = {"val": {"accuracy": 0.8}, "test": {"loss": 0.3}, "history": {}}
+    with pytest.raises(report.UserError, match=f"run {picked.key}'s test metrics"):
+        report.analyze(plan, results)
+    assert "/lr1/" in picked.key
