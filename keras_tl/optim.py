@@ -23,12 +23,13 @@ def make_optimizer(phase: recipe_lib.Phase, steps_per_epoch: int):
     import keras
 
     lr = lr_schedule(phase, steps_per_epoch)
-    wd = phase.weight_decay or None
+    wd = phase.weight_decay or None  # None: Keras adds no decay step at all
     if phase.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=phase.momentum, weight_decay=wd)
     if phase.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=lr, weight_decay=wd)
-    return keras.optimizers.AdamW(learning_rate=lr, weight_decay=phase.weight_decay or 1e-4)
+    # AdamW requires a number; 0 is Adam. (It once became 1e-4 silently.)
+    return keras.optimizers.AdamW(learning_rate=lr, weight_decay=phase.weight_decay)
 
 
 def _schedule_class():

@@ -31,7 +31,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from keras_tl import fs
+from keras_tl import cli, fs
 from keras_tl import recipe as recipe_lib
 from keras_tl.errors import DataError, UserError, WeightsError, WorkdirError
 
@@ -318,24 +318,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        if args.compare:
-            if args.recipe or args.weights or args.reference:
-                raise UserError("--compare takes a run directory only; drop --recipe/--weights/--reference (the run's recipe.yaml is used)")
-            if args.max_images < 2:
-                raise UserError(f"--max_images: CKA needs at least 2 images, got {args.max_images}")
-            run_compare(args.compare, args.workdir, max_images=args.max_images)
-            return 0
-        if not args.recipe:
-            raise UserError("--recipe is required, e.g. python -m keras_tl.probe --recipe recipes/probe_smoke.yaml (or --compare RUN_DIR)")
-        recipe = recipe_lib.load(args.recipe, args.overrides)
-        reference = recipe_lib.load(args.reference, args.overrides) if args.reference else None
-        run_probe(recipe, args.weights or None, args.workdir, cache_dir=args.cache_dir, reference=reference)
-        return 0
-    except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    return cli.run(_main, _parser().parse_args(argv))
+
+
+def _main(args) -> None:
+    if args.compare:
+        if args.recipe or args.weights or args.reference:
+            raise UserError("--compare takes a run directory only; drop --recipe/--weights/--reference (the run's recipe.yaml is used)")
+        if args.max_images < 2:
+            raise UserError(f"--max_images: CKA needs at least 2 images, got {args.max_images}")
+        run_compare(args.compare, args.workdir, max_images=args.max_images)
+        return
+    if not args.recipe:
+        raise UserError("--recipe is required, e.g. python -m keras_tl.probe --recipe recipes/probe_smoke.yaml (or --compare RUN_DIR)")
+    recipe = recipe_lib.load(args.recipe, args.overrides)
+    reference = recipe_lib.load(args.reference, args.overrides) if args.reference else None
+    run_probe(recipe, args.weights or None, args.workdir, cache_dir=args.cache_dir, reference=reference)
 
 
 if __name__ == "__main__":

@@ -175,7 +175,7 @@ class Phase:
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = _field(1e-3, min=0.0, max=10.0)
     momentum: float = _field(0.9, min=0.0, max=1.0)
-    weight_decay: float = _field(0.0, min=0.0, max=1.0)
+    weight_decay: float = _field(0.0, min=0.0, max=1.0)  # every optimizer, adamw too: 0 = no decay
     schedule: Literal["constant", "cosine", "step", "linear"] = "constant"
     warmup_epochs: float = _field(0.0, min=0.0, max=100_000)
     step_epochs: Tuple[int, ...] = ()  # for schedule: step

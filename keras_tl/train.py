@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Optional
 
 from absl import app, flags
 
-from keras_tl import checkpoint, evaluate, faults, fs
+from keras_tl import checkpoint, cli, evaluate, faults, fs
 from keras_tl import recipe as recipe_lib
 from keras_tl.errors import UserError
 
@@ -361,20 +361,17 @@ def write_records(ctx: Context, state: checkpoint.RunState, results: dict, final
 # ---------------------------------------------------------------------- CLI
 
 
-def main(argv):
+def main(argv) -> int:
+    return cli.run(_main, argv)
+
+
+def _main(argv) -> None:
     if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; use --recipe R [--set k=v ...] [--workdir DIR]", file=sys.stderr)
-        sys.exit(2)
+        raise UserError(f"unexpected arguments {argv[1:]}; use --recipe R [--set k=v ...] [--workdir DIR]")
     if not FLAGS.recipe:
-        print("error: --recipe is required, e.g. python -m keras_tl.train --recipe recipes/smoke.yaml", file=sys.stderr)
-        sys.exit(2)
+        raise UserError("--recipe is required, e.g. python -m keras_tl.train --recipe recipes/smoke.yaml")
     tpu_flags = {k: v for k, v in (("name", FLAGS.tpu), ("zone", FLAGS.tpu_zone), ("project", FLAGS.tpu_project)) if v}
-    try:
-        recipe = recipe_lib.load(FLAGS.recipe, FLAGS.set)
-        run(recipe, FLAGS.workdir, tpu_flags=tpu_flags or None)
-    except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+    run(recipe_lib.load(FLAGS.recipe, FLAGS.set), FLAGS.workdir, tpu_flags=tpu_flags or None)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from keras_tl import fs
+from keras_tl import cli, fs
 from keras_tl.errors import DataError, UserError, WorkdirError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -254,12 +254,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--maps", type=int, default=4, help="feature maps shown per stage (default 4)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     args = p.parse_args(argv)
-    try:
-        run(args.model, args.images, args.out, maps=args.maps)
-        return 0
-    except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    return cli.run(run, args.model, args.images, args.out, maps=args.maps)
 
 
 if __name__ == "__main__":

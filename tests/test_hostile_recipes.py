@@ -370,7 +370,6 @@ def test_generated_overrides(tmp_path, key, value):
 
 @pytest.mark.parametrize("name", ["billion_laughs", "python_object", "binary_junk", "five_mb", "extends_self", "newline_key"])
 def test_cli_rejects_hostile_recipe(tmp_path, name):
-    pytest.importorskip("keras_tl.train")
     path = write_case(tmp_path, name, NASTY[name])
     wd = tmp_path / "wd"
     proc = subprocess.run(

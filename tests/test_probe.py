@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras
 
 from keras_tl import probe  # noqa: E402
 from keras_tl import recipe as recipe_lib  # noqa: E402

@@ -373,7 +373,6 @@ def run_cli(recipe_path, *sets, workdir, probe_tf=False):
 
 @pytest.fixture
 def cli():
-    pytest.importorskip("keras_tl.train")
     return run_cli
 
 

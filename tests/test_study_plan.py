@@ -208,7 +208,7 @@ def test_cli_dry_run_and_user_error(tmp_path):
     assert not (tmp_path / "wd").exists()
     r = _cli("--recipe", path, "--dry_run", "--set", "study.sedes=3")
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].startswith("keras_tl.study: error:") and "did you mean seeds?" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "did you mean seeds?" in r.stderr
 
 
 _REPO_RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")

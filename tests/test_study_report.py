@@ -180,8 +180,6 @@ export: {savedmodel: false, keras: false, backbone_weights: false, verify: false
 
 def test_end_to_end_study_with_real_training(tmp_path):
     """2 arms × 2 seeds through keras_tl.train.run on a tiny model, then the report (like study_smoke.yaml, smaller)."""
-    pytest.importorskip("keras_tl.train")
-    pytest.importorskip("keras_tl.model")
     (tmp_path / "base.yaml").write_text(E2E_BASE)
     (tmp_path / "study.yaml").write_text("extends: base.yaml\nname: e2e_study\nstudy: {freeze: [head_only, all], seeds: 2}\n")
     plan = plan_lib.load_plan(str(tmp_path / "study.yaml"))

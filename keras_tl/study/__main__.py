@@ -13,7 +13,6 @@ written to the workdir after this worker's runs, marked PARTIAL while runs are m
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 
@@ -86,12 +85,10 @@ def main(argv) -> int:
     return 0
 
 
-def _entry(argv):
-    try:
-        return main(argv)
-    except UserError as e:
-        print(f"keras_tl.study: error: {e}", file=sys.stderr)
-        sys.exit(2)
+def _entry(argv) -> int:
+    from keras_tl import cli
+
+    return cli.run(main, argv)
 
 
 if __name__ == "__main__":
