@@ -831,12 +831,11 @@ def check_trainable(spec, stages, where: str) -> None:
 
 def validate(recipe: Recipe, where: str = "<recipe>") -> None:
     """Cross-field rules. Runs before TensorFlow builds anything."""
-    from keras_tl import backbones
 
     def fail(key, msg):
         raise RecipeError(f"{where}: {key}: {msg}")
 
-    d, m, t = recipe.data, recipe.model, recipe.train
+    d = recipe.data
     if not recipe.name or any(c in recipe.name for c in "/\\") or not recipe.name.isprintable() or recipe.name in (".", ".."):
         fail("name", f"must be a non-empty name without path separators, got {_short(recipe.name)}")
     if d.source == "directory" and not d.path:
@@ -859,6 +858,14 @@ def validate(recipe: Recipe, where: str = "<recipe>") -> None:
     if d.source == "synthetic_galaxies":
         if d.synthetic.output == "uint8" and d.channels != 3:
             fail("data.channels", f"synthetic uint8 images are RGB (3 channels), got {d.channels}; set data.synthetic.output: float for other band counts")
+    _validate_model(recipe, fail)
+    _validate_train(recipe, where, fail)
+
+
+def _validate_model(recipe: Recipe, fail) -> None:
+    from keras_tl import backbones
+
+    m = recipe.model
     try:
         entry = backbones.get(m.backbone)
     except KeyError:
@@ -885,18 +892,21 @@ def validate(recipe: Recipe, where: str = "<recipe>") -> None:
             fail(f"model.head.{i}.activation", f"unknown activation {_short(block.activation)}{f' (did you mean {close[0]}?)' if close else ''}; valid: {', '.join(sorted(KERAS_ACTIVATIONS))}")
     if m.reinit and m.weights == "none":
         fail("model.reinit", "re-initialising stages of a randomly initialised model changes nothing; use model.weights: imagenet or a file")
+
+
+def _validate_train(recipe: Recipe, where: str, fail) -> None:
+    d, t = recipe.data, recipe.train
     if not t.phases:
         fail("train.phases", "at least one phase is needed")
+    stages = stage_list(recipe)
     for i, ph in enumerate(t.phases):
         # A phase's name becomes part of file names in the run dir (log_<i>_<name>.csv, tensorboard/<name>).
         if ph.name and (any(c in ph.name for c in "/\\:") or not ph.name.isprintable() or ph.name.strip(".") == ""):
             fail(f"train.phases.{i}.name", f"must be a plain name without path separators or control characters, got {_short(ph.name)}")
         check_trainable(ph.trainable, stages, f"{where}: train.phases.{i}.trainable")
-        for s, mult in ph.lr_multipliers.items():
-            if s not in stages + ("head",):
-                fail(f"train.phases.{i}.lr_multipliers", f"unknown stage {s!r}; valid: {', '.join(stages + ('head',))}")
-            if mult < 0:
-                fail(f"train.phases.{i}.lr_multipliers.{s}", f"must be >= 0, got {mult}")
+        if ph.lr_multipliers:
+            fail(f"train.phases.{i}.lr_multipliers", "per-stage learning rates are not supported with Keras 3 optimizers yet; "
+                 "use a separate phase with a lower lr for the deeper stages instead")
         if ph.schedule == "step" and not ph.step_epochs:
             fail(f"train.phases.{i}.step_epochs", "schedule: step needs step_epochs, e.g. [10, 20]")
         prev = 0
@@ -908,7 +918,12 @@ def validate(recipe: Recipe, where: str = "<recipe>") -> None:
             fail(f"train.phases.{i}.warmup_epochs", f"{ph.warmup_epochs} is longer than the phase ({ph.epochs} epochs)")
     if t.distribute == "tpu" and t.precision == "mixed_float16":
         fail("train.precision", "TPUs compute in bfloat16: use mixed_bfloat16 or auto")
+    if t.jit_compile is True and t.deterministic:
+        # Keras compiles without XLA, silently, whenever op determinism is on (model_supports_jit).
+        fail("train.jit_compile", "true cannot be combined with train.deterministic: true (Keras turns XLA off under "
+             "TensorFlow op determinism); set train.jit_compile: auto for reproducible runs, or train.deterministic: false for XLA")
     if not t.monitor or not t.monitor.replace("_", "").isalnum():
         fail("train.monitor", f"expected a metric name such as val_accuracy or val_loss, got {_short(t.monitor)}")
-    if t.monitor.startswith("val_") and d.val_fraction == 0 and not (d.source == "tfds" and d.val_split):
-        fail("data.val_fraction", f"0 leaves no validation split, but train.monitor is {t.monitor}; set data.val_fraction > 0 or train.monitor: loss")
+    if d.val_fraction == 0 and not (d.source == "tfds" and d.val_split):
+        fail("data.val_fraction", "0 leaves no validation split, and keras_tl picks each phase's best epoch (train.monitor) on "
+             "validation data; set data.val_fraction > 0 (e.g. 0.1), or data.val_split for a tfds source")

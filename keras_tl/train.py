@@ -106,9 +106,9 @@ def preflight(recipe: recipe_lib.Recipe, tpu_flags: Optional[dict], log, t_start
     scan = data_lib.scan(recipe)
     datasets = data_lib.build_datasets(recipe, global_batch_size=recipe.data.batch_size,
                                        drop_remainder=runtime.needs_static_shapes, scanned=scan)
-    if datasets.val is None:
-        raise UserError("data.val_fraction: the data has no validation split (val_fraction 0 and no data.val_split); "
-                        "keras_tl selects checkpoints on validation data, so set data.val_fraction > 0 (e.g. 0.1) or data.val_split")
+    if datasets.val is None:  # val_fraction > 0 (recipe.validate) but too few images to carve one
+        raise UserError(f"data.val_fraction: the validation split is empty ({datasets.counts['train']} training images); "
+                        "keras_tl picks each phase's best epoch on validation data, so add images or raise data.val_fraction")
     return Context(recipe, runtime, weights, scan, datasets, log, t_start)
 
 
@@ -153,10 +153,6 @@ def train_phase(model, index: int, phase: recipe_lib.Phase, ctx: Context) -> dic
     label = phase.name or f"phase{index}"
     rows = freeze.apply_phase(model, phase, recipe)
     ctx.log(f"keras_tl: {label}: {phase.epochs} epochs, {phase.optimizer} lr {phase.lr}, trainable:\n{freeze.format_table(rows)}")
-    if phase.lr_multipliers:
-        raise UserError(
-            f"train.phases.{index}.lr_multipliers: per-stage learning rates are not supported with Keras 3 optimizers yet; "
-            "use a separate phase with a lower lr for the deeper stages instead")
     n_train, batch = ctx.datasets.counts["train"], recipe.data.batch_size
     steps_per_epoch = phase.steps_per_epoch or (max(1, n_train // batch) if runtime.needs_static_shapes
                                                 else max(1, math.ceil(n_train / batch)))

@@ -296,14 +296,16 @@ def mutated_recipes(draw):
         node = raw
         for j, p in enumerate(parts[:-1]):
             nxt = [] if parts[j + 1].isdigit() else {}
+            # An earlier mutation may have left a list where this key needs a mapping (or the
+            # reverse): replace it, so the next step can index it.
             if isinstance(node, list):
                 while len(node) <= int(p):
                     node.append({})
-                if not isinstance(node[int(p)], (dict, list)):
+                if not isinstance(node[int(p)], type(nxt)):
                     node[int(p)] = nxt
                 node = node[int(p)]
             else:
-                if p.isdigit() or not isinstance(node.get(p), (dict, list)):
+                if p.isdigit() or not isinstance(node.get(p), type(nxt)):
                     node[p] = nxt
                 node = node[p]
         last = parts[-1]
