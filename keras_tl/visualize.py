@@ -253,8 +253,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", default="visualize", help="output directory (default ./visualize)")
     p.add_argument("--maps", type=int, default=4, help="feature maps shown per stage (default 4)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    args = p.parse_args(argv)
-    return cli.run(run, args.model, args.images, args.out, maps=args.maps)
+    return cli.run(_main, p.parse_args(argv))
+
+
+def _main(args) -> None:
+    run(args.model, args.images, args.out, maps=args.maps)
 
 
 if __name__ == "__main__":
