@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import datetime
 import glob
-import hashlib
 import json
 import os
-import platform
 import secrets
 import shutil
 import tempfile
@@ -36,7 +34,7 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 
-from keras_tl import faults
+from keras_tl import faults, fs
 from keras_tl.errors import DataError, UserError, WorkdirError
 
 MARKER = "COMPLETE"
@@ -53,36 +51,10 @@ class ExportError(UserError):
     """The export could not be written or did not verify; nothing was left at the destination."""
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def _exists(path: str) -> bool:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(path)
-    return os.path.lexists(path)
-
-
 def is_complete(out_dir: str) -> bool:
     """True if ``out_dir`` holds a finished export (its ``COMPLETE`` marker exists)."""
     marker = out_dir.rstrip("/") + "/" + MARKER
-    if _is_remote(out_dir):
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(marker)
-    return os.path.isfile(marker)
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                return h.hexdigest()
-            h.update(block)
+    return fs.exists(marker) if fs.is_remote(out_dir) else os.path.isfile(marker)
 
 
 def _file_table(root: str) -> Dict[str, dict]:
@@ -91,12 +63,12 @@ def _file_table(root: str) -> Dict[str, dict]:
         for name in sorted(files):
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root).replace(os.sep, "/")
-            table[rel] = {"bytes": os.path.getsize(full), "sha256": sha256_file(full)}
+            table[rel] = {"bytes": os.path.getsize(full), "sha256": fs.sha256_file(full)}
     return dict(sorted(table.items()))
 
 
 def _check_destination(out_dir: str) -> None:
-    if _exists(out_dir):
+    if fs.exists(out_dir) or os.path.islink(out_dir):  # a dangling link is in the way too
         state = "a complete export" if is_complete(out_dir) else "an incomplete export or another directory (no COMPLETE marker)"
         raise WorkdirError(f"{out_dir}: export destination already exists ({state}); remove it or export to another directory")
 
@@ -127,13 +99,6 @@ def _check_labels(class_names: Sequence[str], num_outputs: int) -> list:
 def _policy_name(model) -> str:
     policy = getattr(model, "dtype_policy", None)
     return getattr(policy, "name", None) or "float32"
-
-
-def _versions() -> dict:
-    import keras
-    import tensorflow as tf
-
-    return {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(), "numpy": np.__version__}
 
 
 def save_serving(model, path: str, hwc, input_transform=None) -> None:
@@ -234,11 +199,9 @@ def _verify(model, tmp: str, samples: np.ndarray, recipe, atol: float, transform
         if not d <= atol:
             raise ExportError(f"export: the reloaded SavedModel disagrees with the in-memory model (max |diff| {d:.3g} > {atol:g}); not exported. Set export.verify: false only to inspect it, and report a bug")
     if recipe.export.keras:
-        try:
-            import keras_tl.model  # noqa: F401  (registers keras_tl's custom layers for safe-mode loading)
-        except ImportError:
-            pass
-        reloaded = keras.saving.load_model(os.path.join(tmp, "model.keras"), safe_mode=True, compile=False)
+        from keras_tl import layers
+
+        reloaded = layers.load_keras_model(os.path.join(tmp, "model.keras"))
         got = np.asarray(reloaded.predict(samples, batch_size=len(samples), verbose=0))
         report["keras_max_abs_diff"] = d = _max_diff(got, expected)
         if not d <= atol:
@@ -283,7 +246,7 @@ def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sampl
     """
     from keras_tl.data import scale as scale_lib
 
-    out_dir = out_dir.rstrip("/") if _is_remote(out_dir) else os.path.abspath(out_dir)
+    out_dir = out_dir.rstrip("/") if fs.is_remote(out_dir) else os.path.abspath(out_dir)
     _check_destination(out_dir)
     transform = scale_lib.check(input_transform)
     hwc = _shape_hw_c(model, recipe)
@@ -299,7 +262,7 @@ def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sampl
     policy = _policy_name(model)
     atol = ATOL.get(policy, ATOL["mixed_bfloat16"])
 
-    if _is_remote(out_dir):
+    if fs.is_remote(out_dir):
         tmp = tempfile.mkdtemp(prefix="keras_tl_export-")
     else:
         parent = os.path.dirname(out_dir)
@@ -333,7 +296,7 @@ def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sampl
             "class_names": names,
             "top_k": min(int(top_k), num_outputs),
             "policy": policy,
-            "versions": _versions(),
+            "versions": fs.versions(),
             "verification": verification,
             "files": _file_table(tmp),
         }
@@ -341,8 +304,8 @@ def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sampl
             json.dump(info, f, indent=2)
             f.write("\n")
         with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
-            f.write(sha256_file(os.path.join(tmp, EXPORT_JSON)) + "\n")
-        if _is_remote(out_dir):
+            f.write(fs.sha256_file(os.path.join(tmp, EXPORT_JSON)) + "\n")
+        if fs.is_remote(out_dir):
             _check_destination(out_dir)
             _publish_remote(tmp, out_dir)
         else:
@@ -361,14 +324,7 @@ def read_export(out_dir: str) -> dict:
     path = out_dir.rstrip("/") + "/" + EXPORT_JSON
     if not is_complete(out_dir):
         raise UserError(f"{out_dir}: not a complete keras_tl export (no {MARKER} marker); pass the export/ directory of a finished run")
-    if _is_remote(out_dir):
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "r") as f:
-            text = f.read()
-    else:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+    text = fs.read_text(path)
     try:
         info = json.loads(text)
     except json.JSONDecodeError as e:

@@ -11,12 +11,12 @@ is 2 (the other images are still classified).
 from __future__ import annotations
 
 import os
-import sys
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import app, flags
 
+from keras_tl import cli
 from keras_tl.errors import DataError, UserError
 
 FLAGS = flags.FLAGS
@@ -173,28 +173,25 @@ def format_line(path: str, top: List[Tuple[str, float]]) -> str:
     return "\t".join([path] + [f"{label} {prob:.4f}" for label, prob in top])
 
 
-def main(argv):
-    paths = argv[1:]
+def main(argv) -> int:
+    return cli.run(_main, argv[1:])
+
+
+def _main(paths) -> int:
     if not FLAGS.model:
-        print("error: --model is required, e.g. python -m keras_tl.predict --model runs/telescope/<run>/export image.png", file=sys.stderr)
-        sys.exit(2)
+        raise UserError("--model is required, e.g. python -m keras_tl.predict --model runs/telescope/<run>/export image.png")
     if not paths:
-        print("error: no images given; usage: python -m keras_tl.predict --model EXPORT_DIR [--top_k 5] IMAGE...", file=sys.stderr)
-        sys.exit(2)
-    try:
-        predictor = Predictor(FLAGS.model)
-    except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+        raise UserError("no images given; usage: python -m keras_tl.predict --model EXPORT_DIR [--top_k 5] IMAGE...")
+    predictor = Predictor(FLAGS.model)
     k = FLAGS.top_k or int(predictor.info.get("top_k", 5))
     failed = 0
     for path, top, err in classify(predictor, paths, k, FLAGS.batch_size):
         if err is not None:
             failed += 1
-            print(f"error: {' '.join(err.split())}", file=sys.stderr)
+            cli.print_error(err)
         else:
             print(format_line(path, top), flush=True)
-    sys.exit(2 if failed else 0)
+    return cli.USAGE_ERROR if failed else 0
 
 
 if __name__ == "__main__":

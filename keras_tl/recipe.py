@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
 import re
@@ -214,7 +215,7 @@ class Phase:
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = _field(1e-3, min=0.0, max=10.0)
     momentum: float = _field(0.9, min=0.0, max=1.0)
-    weight_decay: float = _field(0.0, min=0.0, max=1.0)
+    weight_decay: float = _field(0.0, min=0.0, max=1.0)  # every optimizer, adamw too: 0 = no decay
     schedule: Literal["constant", "cosine", "step", "linear"] = "constant"
     warmup_epochs: float = _field(0.0, min=0.0, max=100_000)
     step_epochs: Tuple[int, ...] = ()  # for schedule: step
@@ -488,7 +489,8 @@ class _Builder:
         self.where = where
 
     def fail(self, path: str, msg: str):
-        raise RecipeError(f"{self.where}: {path or '<top>'}: {msg}")
+        prefix = f"{self.where}: " if self.where else ""
+        raise RecipeError(f"{prefix}{path or '<top>'}: {msg}")
 
     def build(self, cls, raw: Any, path: str):
         if raw is None:
@@ -631,17 +633,24 @@ def _schema_child(tp, part: str):
     raise TypeError(part)
 
 
-def apply_overrides(raw: dict, overrides) -> dict:
+def apply_overrides(raw: dict, overrides, schema=None, where: str = "") -> dict:
     """Apply ``a.b.c=value`` strings (values parsed as YAML) to a raw recipe dict.
 
     A mapping set on a section (``--set data={batch_size: 8}``) merges into it, as
     ``extends`` does; any other value (lists, ``trainable``, ``lr_multipliers``)
-    replaces what was there. ``raw`` is not modified.
+    replaces what was there. ``raw`` is not modified. ``schema``: the dataclass the keys
+    are checked against (default :class:`Recipe`; a study section passes its own); ``where``
+    (a file name) prefixes error messages.
     """
-    return _apply_overrides(raw, overrides, "")
+    return _apply_overrides(raw, overrides, where, schema or Recipe)
 
 
-def _apply_overrides(raw: dict, overrides, where: str) -> dict:
+def parse_value(text: str, where: str) -> Any:
+    """An override's value as ``--set`` reads it (YAML with YAML 1.2 / JSON numbers)."""
+    return _parse_yaml(text, where) if text.strip() else ""
+
+
+def _apply_overrides(raw: dict, overrides, where: str, schema=None) -> dict:
     prefix = f"{where}: " if where else ""
     raw = _deep_merge({}, raw)
     if isinstance(overrides, str):
@@ -658,8 +667,8 @@ def _apply_overrides(raw: dict, overrides, where: str) -> dict:
         def fail(msg):
             raise RecipeError(f"{prefix}--set {key}: {msg}")
 
-        value = _parse_yaml(text, f"{prefix}--set {key}") if text.strip() else ""
-        types: list = [Recipe]  # types[i]: the schema type at parts[:i]
+        value = parse_value(text, f"{prefix}--set {key}")
+        types: list = [schema or Recipe]  # types[i]: the schema type at parts[:i]
         for i, part in enumerate(parts):
             tp = types[-1]
             try:
@@ -791,6 +800,20 @@ def replace(recipe: Recipe, overrides) -> Recipe:
     return from_dict(apply_overrides(to_dict(recipe), overrides), f"<{recipe.name}>")
 
 
+def check_override(recipe: Recipe, key: str, value: Any) -> None:
+    """RecipeError unless ``--set key=value`` fits ``recipe``'s schema (known key, type, range).
+
+    Cross-field rules are left to :func:`validate` (a study checks them per arm)."""
+    raw = _apply_overrides(to_dict(recipe), [f"{key}={json.dumps(value)}"], "")
+    _Builder("").build(Recipe, raw, "")
+
+
+def build_section(schema, raw: Any, where: str, path: str = ""):
+    """The frozen dataclass ``schema`` from plain data, as strictly as a recipe is built
+    (unknown keys name the closest valid one; types and ranges are checked)."""
+    return _Builder(where).build(schema, raw, path)
+
+
 # ----------------------------------------------------------------- validation
 
 # keras.activations names (Keras 3), kept here so that validate() needs no TensorFlow.
@@ -858,12 +881,11 @@ def check_trainable(spec, stages, where: str) -> None:
 
 def validate(recipe: Recipe, where: str = "<recipe>") -> None:
     """Cross-field rules. Runs before TensorFlow builds anything."""
-    from keras_tl import backbones
 
     def fail(key, msg):
         raise RecipeError(f"{where}: {key}: {msg}")
 
-    d, m, t = recipe.data, recipe.model, recipe.train
+    d = recipe.data
     if not recipe.name or any(c in recipe.name for c in "/\\") or not recipe.name.isprintable() or recipe.name in (".", ".."):
         fail("name", f"must be a non-empty name without path separators, got {_short(recipe.name)}")
     if d.source == "directory" and not d.path:
@@ -905,6 +927,14 @@ def validate(recipe: Recipe, where: str = "<recipe>") -> None:
     if d.source == "synthetic_galaxies":
         if d.synthetic.output == "uint8" and d.channels != 3:
             fail("data.channels", f"synthetic uint8 images are RGB (3 channels), got {d.channels}; set data.synthetic.output: float for other band counts")
+    _validate_model(recipe, fail)
+    _validate_train(recipe, where, fail)
+
+
+def _validate_model(recipe: Recipe, fail) -> None:
+    from keras_tl import backbones
+
+    m = recipe.model
     try:
         entry = backbones.get(m.backbone)
     except KeyError:
@@ -931,18 +961,21 @@ def validate(recipe: Recipe, where: str = "<recipe>") -> None:
             fail(f"model.head.{i}.activation", f"unknown activation {_short(block.activation)}{f' (did you mean {close[0]}?)' if close else ''}; valid: {', '.join(sorted(KERAS_ACTIVATIONS))}")
     if m.reinit and m.weights == "none":
         fail("model.reinit", "re-initialising stages of a randomly initialised model changes nothing; use model.weights: imagenet or a file")
+
+
+def _validate_train(recipe: Recipe, where: str, fail) -> None:
+    d, t = recipe.data, recipe.train
     if not t.phases:
         fail("train.phases", "at least one phase is needed")
+    stages = stage_list(recipe)
     for i, ph in enumerate(t.phases):
         # A phase's name becomes part of file names in the run dir (log_<i>_<name>.csv, tensorboard/<name>).
         if ph.name and (any(c in ph.name for c in "/\\:") or not ph.name.isprintable() or ph.name.strip(".") == ""):
             fail(f"train.phases.{i}.name", f"must be a plain name without path separators or control characters, got {_short(ph.name)}")
         check_trainable(ph.trainable, stages, f"{where}: train.phases.{i}.trainable")
-        for s, mult in ph.lr_multipliers.items():
-            if s not in stages + ("head",):
-                fail(f"train.phases.{i}.lr_multipliers", f"unknown stage {s!r}; valid: {', '.join(stages + ('head',))}")
-            if mult < 0:
-                fail(f"train.phases.{i}.lr_multipliers.{s}", f"must be >= 0, got {mult}")
+        if ph.lr_multipliers:
+            fail(f"train.phases.{i}.lr_multipliers", "per-stage learning rates are not supported with Keras 3 optimizers yet; "
+                 "use a separate phase with a lower lr for the deeper stages instead")
         if ph.schedule == "step" and not ph.step_epochs:
             fail(f"train.phases.{i}.step_epochs", "schedule: step needs step_epochs, e.g. [10, 20]")
         prev = 0
@@ -954,7 +987,12 @@ def validate(recipe: Recipe, where: str = "<recipe>") -> None:
             fail(f"train.phases.{i}.warmup_epochs", f"{ph.warmup_epochs} is longer than the phase ({ph.epochs} epochs)")
     if t.distribute == "tpu" and t.precision == "mixed_float16":
         fail("train.precision", "TPUs compute in bfloat16: use mixed_bfloat16 or auto")
+    if t.jit_compile is True and t.deterministic:
+        # Keras compiles without XLA, silently, whenever op determinism is on (model_supports_jit).
+        fail("train.jit_compile", "true cannot be combined with train.deterministic: true (Keras turns XLA off under "
+             "TensorFlow op determinism); set train.jit_compile: auto for reproducible runs, or train.deterministic: false for XLA")
     if not t.monitor or not t.monitor.replace("_", "").isalnum():
         fail("train.monitor", f"expected a metric name such as val_accuracy or val_loss, got {_short(t.monitor)}")
-    if t.monitor.startswith("val_") and d.val_fraction == 0 and not (d.source == "tfds" and d.val_split):
-        fail("data.val_fraction", f"0 leaves no validation split, but train.monitor is {t.monitor}; set data.val_fraction > 0 or train.monitor: loss")
+    if d.val_fraction == 0 and not (d.source == "tfds" and d.val_split):
+        fail("data.val_fraction", "0 leaves no validation split, and keras_tl picks each phase's best epoch (train.monitor) on "
+             "validation data; set data.val_fraction > 0 (e.g. 0.1), or data.val_split for a tfds source")

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import os
 import sys
 from typing import List, Optional, Sequence
 
 import numpy as np
 
+from keras_tl import cli, fs
 from keras_tl.errors import DataError, UserError, WorkdirError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -132,12 +132,12 @@ class ModelView:
     def __init__(self, arg: str):
         from keras_tl import model as model_lib
         from keras_tl.diagnostics import gradcam
-        from keras_tl.probe import load_run_model
+        from keras_tl.layers import load_keras_model
 
         self.arg = arg
         self.label = os.path.basename(os.path.normpath(arg))  # run() makes labels distinct
         self.path = resolve_model_path(arg)
-        self.model = load_run_model(self.path)
+        self.model = load_keras_model(self.path)
         shape = tuple(self.model.input.shape[1:])
         self.size, self.channels = shape[:2], shape[2]
         self.class_names = class_names_for(self.path, int(self.model.output.shape[-1]))
@@ -245,8 +245,7 @@ def run(models: Sequence[str], images: Sequence[str], out_dir: str, *, maps: int
         render(os.path.join(out_dir, png), os.path.basename(img_path), rows)
         records.append({"image": img_path, "png": png, "predictions": preds})
     summary = {"models": [v.path for v in views], "images": records}
-    with open(os.path.join(out_dir, "visualize.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    fs.write_json(os.path.join(out_dir, "visualize.json"), summary)
     write_index(os.path.join(out_dir, "index.html"), summary)
     log(f"keras_tl.visualize: {len(records)} image(s) x {len(views)} model(s) -> {os.path.join(out_dir, 'index.html')}")
     return summary
@@ -267,8 +266,7 @@ def write_index(path: str, summary: dict) -> None:
         "backbone's last stage, then the most active feature maps at the end of each stage.</p>"
         f"<table><tr><th>image</th>{heads}</tr>\n" + "\n".join(body) + "</table>\n"
     )
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page)
+    fs.write_text(path, page)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -278,13 +276,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", default="visualize", help="output directory (default ./visualize)")
     p.add_argument("--maps", type=int, default=4, help="feature maps shown per stage (default 4)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    args = p.parse_args(argv)
-    try:
-        run(args.model, args.images, args.out, maps=args.maps)
-        return 0
-    except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    return cli.run(_main, p.parse_args(argv))
+
+
+def _main(args) -> None:
+    run(args.model, args.images, args.out, maps=args.maps)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import os
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from keras_tl import backbones, download
+from keras_tl import backbones, download, fs
 from keras_tl.errors import UserError, WeightsError
 
 WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")
@@ -96,11 +95,7 @@ def ensure_imagenet(entry, *, fetch: bool = True, cache_dir: Optional[str] = Non
 
 
 def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return fs.sha256_file(path)
 
 
 _GCS_COPIES: Dict[str, str] = {}

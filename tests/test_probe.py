@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras
 
 from keras_tl import probe  # noqa: E402
 from keras_tl import recipe as recipe_lib  # noqa: E402
@@ -111,7 +111,7 @@ def test_cache_key_follows_what_features_depend_on(probed):
 
     entry = backbones.get("mobilenetv3small")
     info = {"source": "synthetic", "split_hash": {"train": "a", "val": "b"}}
-    key = lambda r, w, i=info: features.cache_key(probe.feature_key_parts(r, w, entry, i))  # noqa: E731
+    key = lambda r, w, i=info: features.cache_key(features.feature_key_parts(r, w, entry, i))  # noqa: E731
     none = WeightsInfo("none")
     base = key(recipe, none)
     assert key(recipe, none) == base

@@ -460,16 +460,18 @@ def build_datasets(
     drop_remainder: bool = False,
     augment: bool = True,
     shuffle: bool = True,
+    scanned: Optional[dict] = None,
 ) -> Datasets:
     """Train/val/test datasets for ``recipe`` (see the module docstring for the element format).
 
     ``global_batch_size`` overrides ``data.batch_size`` (the runtime passes per-replica ×
     replicas). Bad files are found before any dataset is built (see :func:`scan`).
-    Augmentation and shuffling apply to train only, seeded from ``recipe.seed``.
+    Augmentation and shuffling apply to train only, seeded from ``recipe.seed``. ``scanned``:
+    :func:`scan`'s result for this recipe, when the caller has it (the files are not read again).
     """
     data = recipe.data
     source = load_source(data)
-    scan_result = _scan_source(source, data)
+    scan_result = scanned if scanned is not None else _scan_source(source, data)
     skipped = scan_result["bad"]
     if skipped:
         pool = source.pools["train"]

@@ -13,7 +13,6 @@ written to the workdir after this worker's runs, marked PARTIAL while runs are m
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 
@@ -50,6 +49,7 @@ _define("bool", "measure_cost", False, "Measure seconds per image with a few tra
 
 def main(argv) -> int:
     del argv
+    from keras_tl import fs
     from keras_tl.study import plan as plan_lib
     from keras_tl.study import report, runner
 
@@ -78,7 +78,7 @@ def main(argv) -> int:
                               run_fn=runner.run_in_process if FLAGS.in_process else runner.run_in_subprocess)
         print(f"study: ran {len(res.ran)}, already done {len(res.skipped_done)}, claimed by other workers "
               f"{len(res.skipped_claimed)}, failed {len(res.failed)}", flush=True)
-    elif not runner.exists(os.path.join(workdir, "plan.json")):
+    elif not fs.exists(os.path.join(workdir, "plan.json")):
         raise UserError(f"--report_only: {workdir} holds no study (no plan.json); run the study first or fix --workdir")
     st = runner.status(plan, workdir)
     paths = report.build_report(plan, workdir)
@@ -86,12 +86,10 @@ def main(argv) -> int:
     return 0
 
 
-def _entry(argv):
-    try:
-        return main(argv)
-    except UserError as e:
-        print(f"keras_tl.study: error: {e}", file=sys.stderr)
-        sys.exit(2)
+def _entry(argv) -> int:
+    from keras_tl import cli
+
+    return cli.run(main, argv)
 
 
 if __name__ == "__main__":

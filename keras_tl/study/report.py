@@ -18,9 +18,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from keras_tl import fs
 from keras_tl.errors import UserError
 from keras_tl.study import stats
-from keras_tl.study.plan import Plan, _canon, value_label
+from keras_tl.study.plan import Plan, _canon, axis_for
 
 PLOTS = ("data_size", "freeze_depth", "training_curves", "forest")
 PLOT_TITLES = {
@@ -52,16 +53,7 @@ def _value(metrics: dict, metric: str, split: str, key: str) -> Optional[float]:
 
 
 def _context_text(values: dict, axes: Sequence[str]) -> str:
-    parts = []
-    for a in axes:
-        v = values[a]
-        if a == "data_fraction":
-            parts.append(f"{v * 100:g}% data")
-        elif a == "freeze":
-            parts.append(f"freeze {v}")
-        else:
-            parts.append(value_label(a, v))
-    return ", ".join(parts)
+    return ", ".join(axis_for(a).text(values[a]) for a in axes)
 
 
 def _mean_sd_sum(xs: List[float]) -> Dict[str, Optional[float]]:
@@ -77,48 +69,83 @@ def analyze(plan: Plan, results: Dict[str, dict], *, seed: int = 0, n_boot: int 
     metric, hib = s.metric, s.higher_is_better
     splits = {("test" if isinstance(m.get("test"), dict) else "val") for m in results.values()}
     split = "test" if splits == {"test"} else ("val" if splits == {"val"} else "mixed")
-    by_arm: Dict[str, Dict[Optional[int], Dict[int, dict]]] = {}
-    for run in plan.runs:
-        m = results.get(run.key)
-        if m is not None:
-            by_arm.setdefault(run.arm_id, {}).setdefault(run.lr_index, {})[run.seed] = m
-
     arms_out, per_seed = [], {}
     for arm in plan.arms:
-        grid = by_arm.get(arm.id, {})
-        picked, lr_table = None, []
-        if s.lr_grid:
-            best = None
-            for j, lr in enumerate(s.lr_grid):
-                vals = [_value(m, metric, "val", f"{arm.id}/lr{j}/seed{k}") for k, m in grid.get(j, {}).items()]
-                vals = [v for v in vals if v is not None]
-                mean = float(np.mean(vals)) if vals else None
-                lr_table.append({"lr": lr, "val_mean": mean, "n": len(vals)})
-                if mean is not None and (best is None or (mean > best[1] if hib else mean < best[1])):
-                    best = (j, mean)
-            picked = best[0] if best else None
-        runs = grid.get(picked, {}) if s.lr_grid else grid.get(None, {})
-        seeds = sorted(runs)
-        values = {}
-        for k in seeds:
-            m = runs[k]
-            sp = "test" if isinstance(m.get("test"), dict) else "val"
-            v = _value(m, metric, sp, f"{arm.id}/seed{k}")
-            if v is not None:
-                values[k] = v
-        per_seed[arm.id] = values
-        summary = stats.t_interval([values[k] for k in sorted(values)])
-        arms_out.append({
-            "id": arm.id, "label": arm.label, "values": arm.values,
-            "seeds": sorted(values), "per_seed": [values[k] for k in sorted(values)],
-            "mean": summary["mean"], "sd": summary["sd"], "lo": summary["lo"], "hi": summary["hi"],
-            "lr_picked": s.lr_grid[picked] if picked is not None else None, "lr_selection": lr_table,
-            "images_seen": _mean_sd_sum([float(runs[k].get("images_seen", 0)) for k in seeds]),
-            "wall_time": _mean_sd_sum([float(runs[k].get("wall_time", 0.0)) for k in seeds]),
-            "history": _history_bands(runs, metric),
-        })
+        summary, per_seed[arm.id] = _arm_summary(plan, arm, results)
+        arms_out.append(summary)
+    study = {
+        "name": plan.name, "source": plan.source, "fingerprint": plan.fingerprint(),
+        "generated": datetime.datetime.now().isoformat(timespec="seconds"),
+        "metric": metric, "split": split, "higher_is_better": hib,
+        "scale": _scale(metric)[0], "unit": _scale(metric)[1].strip(),
+        "runs_total": len(plan.runs), "runs_done": sum(1 for r in plan.runs if r.key in results),
+        "seeds": s.seeds, "varied": list(plan.varied), "baseline": s.baseline,
+        "lr_grid": list(s.lr_grid),
+        "methods": {
+            "arm_ci": "95% t-interval over seeds",
+            "difference_ci": f"paired by seed; 95% bootstrap CI (expanded percentile, {n_boot} resamples, seed {seed}), "
+                             f"each end widened to the paired t-interval where that is wider, with >= {stats.MIN_SEEDS_BOOTSTRAP} seeds; "
+                             "paired t-interval alone below that",
+            "p_values": "two-sided paired t-test, Holm-corrected across all comparisons (sign-flip permutation p also listed)",
+            "p_better": "share of seeds where the arm beats its baseline (ties count half), Wilson 95% interval",
+            "verdict": "better/worse when the CI excludes 0 and the Holm-adjusted p < 0.05; else no evidence at this budget",
+            "seeds_needed": "smallest n whose t-interval half-width at the observed paired sd is below the observed |mean difference|",
+        },
+        "arms": arms_out,
+        "comparisons": _comparisons(plan, per_seed, seed=seed, n_boot=n_boot),
+        "curves": _curves(plan, arms_out),
+        "crossovers": _crossovers(plan, per_seed, seed),
+        "freeze": _freeze_table(plan, arms_out),
+        "probe": probe,
+    }
+    study["verdict"] = verdict_paragraph(study)
+    return study
 
-    base_axes = list(s.baseline)
+
+def _arm_summary(plan: Plan, arm, results: Dict[str, dict]) -> Tuple[dict, Dict[int, float]]:
+    """One arm's study.json entry (at its picked learning rate) and its metric per seed."""
+    s = plan.study
+    grid: Dict[Optional[int], Dict[int, Tuple[str, dict]]] = {}  # lr index → seed → (run key, metrics)
+    for run in plan.runs_of(arm.id):
+        if run.key in results:
+            grid.setdefault(run.lr_index, {})[run.seed] = (run.key, results[run.key])
+    picked, lr_table = _pick_lr(s, grid) if s.lr_grid else (None, [])
+    runs = {k: m for k, (_, m) in grid.get(picked, {}).items()}
+    values = {}
+    for k in sorted(runs):
+        sp = "test" if isinstance(runs[k].get("test"), dict) else "val"
+        v = _value(runs[k], s.metric, sp, grid[picked][k][0])
+        if v is not None:
+            values[k] = v
+    summary = stats.t_interval([values[k] for k in sorted(values)])
+    return {
+        "id": arm.id, "label": arm.label, "values": arm.values,
+        "seeds": sorted(values), "per_seed": [values[k] for k in sorted(values)],
+        "mean": summary["mean"], "sd": summary["sd"], "lo": summary["lo"], "hi": summary["hi"],
+        "lr_picked": s.lr_grid[picked] if picked is not None else None, "lr_selection": lr_table,
+        "images_seen": _mean_sd_sum([float(runs[k].get("images_seen", 0)) for k in sorted(runs)]),
+        "wall_time": _mean_sd_sum([float(runs[k].get("wall_time", 0.0)) for k in sorted(runs)]),
+        "history": _history_bands(runs, s.metric),
+    }, values
+
+
+def _pick_lr(s, grid) -> Tuple[Optional[int], List[dict]]:
+    """The lr_grid index with the best mean validation metric, and the table it was picked from."""
+    best, table = None, []
+    for j, lr in enumerate(s.lr_grid):
+        vals = [_value(m, s.metric, "val", key) for key, m in grid.get(j, {}).values()]
+        vals = [v for v in vals if v is not None]
+        mean = float(np.mean(vals)) if vals else None
+        table.append({"lr": lr, "val_mean": mean, "n": len(vals)})
+        if mean is not None and (best is None or (mean > best[1] if s.higher_is_better else mean < best[1])):
+            best = (j, mean)
+    return (best[0] if best else None), table
+
+
+def _comparisons(plan: Plan, per_seed: Dict[str, Dict[int, float]], *, seed: int, n_boot: int) -> List[dict]:
+    """Every arm against its baseline arm, paired by seed, with the verdicts."""
+    hib = plan.study.higher_is_better
+    base_axes = list(plan.study.baseline)
     ctx_axes = [a for a in plan.varied if a not in base_axes]
     comparisons = []
     for arm in plan.arms:
@@ -139,34 +166,7 @@ def analyze(plan: Plan, results: Dict[str, dict], *, seed: int = 0, n_boot: int 
     for c in comparisons:
         if c.get("n", 0) == 0:
             c["verdict"] = "not run yet"
-
-    study = {
-        "name": plan.name, "source": plan.source, "fingerprint": plan.fingerprint(),
-        "generated": datetime.datetime.now().isoformat(timespec="seconds"),
-        "metric": metric, "split": split, "higher_is_better": hib,
-        "scale": _scale(metric)[0], "unit": _scale(metric)[1].strip(),
-        "runs_total": len(plan.runs), "runs_done": sum(1 for r in plan.runs if r.key in results),
-        "seeds": s.seeds, "varied": list(plan.varied), "baseline": s.baseline,
-        "lr_grid": list(s.lr_grid),
-        "methods": {
-            "arm_ci": "95% t-interval over seeds",
-            "difference_ci": f"paired by seed; 95% bootstrap CI (expanded percentile, {n_boot} resamples, seed {seed}), "
-                             f"each end widened to the paired t-interval where that is wider, with >= {stats.MIN_SEEDS_BOOTSTRAP} seeds; "
-                             "paired t-interval alone below that",
-            "p_values": "two-sided paired t-test, Holm-corrected across all comparisons (sign-flip permutation p also listed)",
-            "p_better": "share of seeds where the arm beats its baseline (ties count half), Wilson 95% interval",
-            "verdict": "better/worse when the CI excludes 0 and the Holm-adjusted p < 0.05; else no evidence at this budget",
-            "seeds_needed": "smallest n whose t-interval half-width at the observed paired sd is below the observed |mean difference|",
-        },
-        "arms": arms_out,
-        "comparisons": comparisons,
-        "curves": _curves(plan, arms_out),
-        "crossovers": _crossovers(plan, per_seed, seed),
-        "freeze": _freeze_table(plan, arms_out),
-        "probe": probe,
-    }
-    study["verdict"] = verdict_paragraph(study)
-    return study
+    return comparisons
 
 
 def _history_bands(runs: Dict[int, dict], metric: str) -> Dict[str, List[Dict[str, Optional[float]]]]:
@@ -510,7 +510,7 @@ def _sections(study: dict) -> List[Tuple[str, str, Any]]:
     split_note = "" if study["split"] == "test" else f" (runs without a test split report {study['split']} metrics)"
     secs.append(("para", "", f"Study {study['name']} ({study['source']}), {study['runs_done']} of {study['runs_total']} runs finished, "
                              f"{study['seeds']} seeds per arm, varied: {', '.join(study['varied']) or 'nothing'}; baseline: "
-                             + ", ".join(f"{k}={value_label(k, v)}" for k, v in study["baseline"].items())
+                             + ", ".join(axis_for(k).describe(v) for k, v in study["baseline"].items())
                              + f". Metric: {study['split']} {study['metric']}{split_note}"
                              + ("; learning rate picked per arm on validation from " + ", ".join(f"{x:g}" for x in study["lr_grid"]) if study["lr_grid"] else "")
                              + "."))
@@ -596,37 +596,25 @@ def render_md(study: dict, plots: Dict[str, bytes]) -> str:
 
 def write_report(study: dict, out_dir: str) -> Dict[str, str]:
     """Write study.json, report.md (+ plots/*.png) and report.html into ``out_dir``; returns their paths."""
-    from keras_tl.study.runner import makedirs, write_text
-
     plots = make_plots(study)
-    makedirs(out_dir)
-    makedirs(os.path.join(out_dir, "plots"))
+    fs.makedirs(out_dir)
+    fs.makedirs(os.path.join(out_dir, "plots"))
     for key, png in plots.items():
-        path = os.path.join(out_dir, "plots", f"{key}.png")
-        if "://" in path:
-            import tensorflow as tf
-
-            with tf.io.gfile.GFile(path, "wb") as f:
-                f.write(png)
-        else:
-            with open(path, "wb") as f:
-                f.write(png)
+        fs.write_bytes(os.path.join(out_dir, "plots", f"{key}.png"), png)
     paths = {"json": os.path.join(out_dir, "study.json"), "md": os.path.join(out_dir, "report.md"),
              "html": os.path.join(out_dir, "report.html")}
-    write_text(paths["json"], json.dumps(study, indent=2) + "\n")
-    write_text(paths["md"], render_md(study, plots))
-    write_text(paths["html"], render_html(study, plots))
+    fs.write_text(paths["json"], json.dumps(study, indent=2) + "\n")
+    fs.write_text(paths["md"], render_md(study, plots))
+    fs.write_text(paths["html"], render_html(study, plots))
     return paths
 
 
 def load_probe(workdir: str) -> Optional[dict]:
-    from keras_tl.study.runner import exists, read_text
-
     path = os.path.join(workdir, "probe.json")
-    if not exists(path):
+    if not fs.exists(path):
         return None
     try:
-        return json.loads(read_text(path))
+        return json.loads(fs.read_text(path))
     except ValueError as e:
         raise UserError(f"{path}: not valid JSON ({e}); regenerate it with keras_tl.probe or delete it") from None
 
