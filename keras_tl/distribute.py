@@ -238,12 +238,7 @@ def setup(recipe, *, tpu_flags: Optional[Mapping[str, Optional[str]]] = None) ->
     import keras
     import tensorflow as tf
 
-    t = recipe.train
-    if t.jit_compile is True and t.deterministic:
-        # Keras compiles without XLA, silently, whenever op determinism is on (model_supports_jit).
-        raise DistributeError(
-            "train.jit_compile: true cannot be combined with train.deterministic: true (Keras turns XLA off under "
-            "TensorFlow op determinism); set train.jit_compile: auto for reproducible runs, or train.deterministic: false for XLA")
+    t = recipe.train  # recipe.validate refuses jit_compile: true with deterministic: true
     tpu = {"name": t.tpu.name, "zone": t.tpu.zone, "project": t.tpu.project}
     for key, value in (tpu_flags or {}).items():
         if key not in tpu:

@@ -10,12 +10,14 @@ is the test readers use.
 Layout of ``out_dir``::
 
     savedmodel/           tf.saved_model, signature "serve" (also "serving_default"): pixels float32
-                          [None, H, W, C] (raw pixel units, the model preprocesses) ->
-                          {"output_0": probabilities float32 [None, K]}
-    model.keras           the Keras model (custom keras_tl layers reload in safe mode)
+                          [None, H, W, C] (raw pixel units or fluxes: the SavedModel applies the
+                          training pipeline's input transform, data.nan + data.scale, then the
+                          model preprocesses) -> {"output_0": probabilities float32 [None, K]}
+    model.keras           the Keras model (custom keras_tl layers reload in safe mode); it takes
+                          pixels *after* the input transform, as the training pipeline fed it
     labels.txt            one class name per line, in output order
     backbone.weights.h5   the nested "backbone" sub-model's weights, for later transfer
-    export.json           shapes, class names, resize mode, versions, sha256 of every file, verification
+    export.json           shapes, class names, resize mode, input transform, versions, sha256 of every file, verification
     COMPLETE              written last
 """
 
@@ -23,10 +25,8 @@ from __future__ import annotations
 
 import datetime
 import glob
-import hashlib
 import json
 import os
-import platform
 import secrets
 import shutil
 import tempfile
@@ -34,7 +34,7 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 
-from keras_tl import faults
+from keras_tl import faults, fs
 from keras_tl.errors import DataError, UserError, WorkdirError
 
 MARKER = "COMPLETE"
@@ -51,36 +51,10 @@ class ExportError(UserError):
     """The export could not be written or did not verify; nothing was left at the destination."""
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def _exists(path: str) -> bool:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(path)
-    return os.path.lexists(path)
-
-
 def is_complete(out_dir: str) -> bool:
     """True if ``out_dir`` holds a finished export (its ``COMPLETE`` marker exists)."""
     marker = out_dir.rstrip("/") + "/" + MARKER
-    if _is_remote(out_dir):
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(marker)
-    return os.path.isfile(marker)
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                return h.hexdigest()
-            h.update(block)
+    return fs.exists(marker) if fs.is_remote(out_dir) else os.path.isfile(marker)
 
 
 def _file_table(root: str) -> Dict[str, dict]:
@@ -89,12 +63,12 @@ def _file_table(root: str) -> Dict[str, dict]:
         for name in sorted(files):
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root).replace(os.sep, "/")
-            table[rel] = {"bytes": os.path.getsize(full), "sha256": sha256_file(full)}
+            table[rel] = {"bytes": os.path.getsize(full), "sha256": fs.sha256_file(full)}
     return dict(sorted(table.items()))
 
 
 def _check_destination(out_dir: str) -> None:
-    if _exists(out_dir):
+    if fs.exists(out_dir) or os.path.islink(out_dir):  # a dangling link is in the way too
         state = "a complete export" if is_complete(out_dir) else "an incomplete export or another directory (no COMPLETE marker)"
         raise WorkdirError(f"{out_dir}: export destination already exists ({state}); remove it or export to another directory")
 
@@ -127,17 +101,14 @@ def _policy_name(model) -> str:
     return getattr(policy, "name", None) or "float32"
 
 
-def _versions() -> dict:
-    import keras
-    import tensorflow as tf
-
-    return {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(), "numpy": np.__version__}
-
-
-def save_serving(model, path: str, hwc) -> None:
+def save_serving(model, path: str, hwc, input_transform=None) -> None:
     """SavedModel with signatures "serve" and "serving_default": pixels float32 [None, H, W, C]
     -> {"output_0": probabilities float32}; ``tf.saved_model.load(path).serve(x)`` returns the
     probabilities tensor, as with ``model.export``.
+
+    ``input_transform`` (keras_tl.data.scale: NaN policy + flux scaling, None for none) is traced
+    into the signature with the training pipeline's own function, so the SavedModel takes what
+    the data files hold (raw fluxes) and transforms them exactly as training did.
 
     Not ``model.export``: on the TensorFlow backend it stores every weight twice (once per
     keras.Variable wrapper, once per captured tf.Variable; keras-team/keras#23553), doubling
@@ -146,11 +117,14 @@ def save_serving(model, path: str, hwc) -> None:
     """
     import tensorflow as tf
 
+    from keras_tl.data import scale as scale_lib
+
+    transform = scale_lib.check(input_transform)
     module = tf.Module()
     module.variables_ = [v.value if hasattr(v, "value") else v for v in model.variables]
     spec = tf.TensorSpec([None, *hwc], tf.float32, name="pixels")
     # Returns the tensor (as model.export's endpoint does); the signatures name it "output_0".
-    module.serve = tf.function(lambda pixels: model(pixels, training=False), input_signature=[spec])
+    module.serve = tf.function(lambda pixels: model(scale_lib.apply(pixels, transform), training=False), input_signature=[spec])
     fn = module.serve.get_concrete_function()
     tf.saved_model.save(module, path, signatures={SIGNATURE: fn, "serving_default": fn})
 
@@ -169,10 +143,10 @@ def save_keras_for_inference(model, path: str) -> None:
         model.save(path)
 
 
-def _write(model, tmp: str, names: list, recipe, hwc) -> None:
+def _write(model, tmp: str, names: list, recipe, hwc, transform) -> None:
     cfg = recipe.export
     if cfg.savedmodel:
-        save_serving(model, os.path.join(tmp, "savedmodel"), hwc)
+        save_serving(model, os.path.join(tmp, "savedmodel"), hwc, transform)
     if cfg.keras:
         save_keras_for_inference(model, os.path.join(tmp, "model.keras"))
     if cfg.backbone_weights:
@@ -201,10 +175,16 @@ def _max_diff(a, b) -> float:
     return float(np.max(np.abs(a - b))) if a.size else 0.0
 
 
-def _verify(model, tmp: str, samples: np.ndarray, recipe, atol: float) -> dict:
+def _verify(model, tmp: str, samples: np.ndarray, recipe, atol: float, transform) -> dict:
+    """The SavedModel gets the raw ``samples``; the in-memory model and model.keras get them
+    through the input transform (as training fed them)."""
     import keras
     import tensorflow as tf
 
+    from keras_tl.data import scale as scale_lib
+
+    raw = samples
+    samples = scale_lib.apply(raw, transform).numpy()
     expected = np.asarray(model.predict(samples, batch_size=len(samples), verbose=0))
     if not np.all(np.isfinite(expected)):
         raise ExportError("export: the model predicts NaN/inf on the sample images; the trained weights are broken (check the learning rate and train.precision)")
@@ -213,17 +193,15 @@ def _verify(model, tmp: str, samples: np.ndarray, recipe, atol: float) -> dict:
         loaded = tf.saved_model.load(os.path.join(tmp, "savedmodel"))
         if SIGNATURE not in loaded.signatures:
             raise ExportError(f"export: the SavedModel has no {SIGNATURE!r} signature (found {sorted(loaded.signatures)})")
-        outputs = loaded.signatures[SIGNATURE](pixels=tf.constant(samples))
+        outputs = loaded.signatures[SIGNATURE](pixels=tf.constant(raw))
         got = next(iter(outputs.values())).numpy()
         report["savedmodel_max_abs_diff"] = d = _max_diff(got, expected)
         if not d <= atol:
             raise ExportError(f"export: the reloaded SavedModel disagrees with the in-memory model (max |diff| {d:.3g} > {atol:g}); not exported. Set export.verify: false only to inspect it, and report a bug")
     if recipe.export.keras:
-        try:
-            import keras_tl.model  # noqa: F401  (registers keras_tl's custom layers for safe-mode loading)
-        except ImportError:
-            pass
-        reloaded = keras.saving.load_model(os.path.join(tmp, "model.keras"), safe_mode=True, compile=False)
+        from keras_tl import layers
+
+        reloaded = layers.load_keras_model(os.path.join(tmp, "model.keras"))
         got = np.asarray(reloaded.predict(samples, batch_size=len(samples), verbose=0))
         report["keras_max_abs_diff"] = d = _max_diff(got, expected)
         if not d <= atol:
@@ -253,17 +231,24 @@ def _publish_remote(tmp: str, out_dir: str) -> None:
         raise
 
 
-def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sample_images, top_k: int = 5) -> dict:
+def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sample_images, top_k: int = 5,
+               input_transform=None) -> dict:
     """Write, verify and atomically publish the export of ``model`` to ``out_dir``.
 
-    ``sample_images`` are raw-pixel float32 images [N, H, W, C] used to check that the
+    ``input_transform``: what the training pipeline applied to decoded images before the model
+    (``Datasets.input_transform``; None: nothing). The SavedModel applies it to its input.
+    ``sample_images`` are raw float32 images [N, H, W, C] *before* that transform (as a
+    SavedModel client sends them; ``Datasets.serving_samples()``), used to check that the
     reloaded SavedModel and .keras file reproduce the in-memory predictions (skipped when
     ``recipe.export.verify`` is false). Returns export.json's content plus ``dir``.
     Raises WorkdirError if ``out_dir`` exists, ExportError if verification fails; on any
     failure nothing is left at ``out_dir`` or beside it.
     """
-    out_dir = out_dir.rstrip("/") if _is_remote(out_dir) else os.path.abspath(out_dir)
+    from keras_tl.data import scale as scale_lib
+
+    out_dir = out_dir.rstrip("/") if fs.is_remote(out_dir) else os.path.abspath(out_dir)
     _check_destination(out_dir)
+    transform = scale_lib.check(input_transform)
     hwc = _shape_hw_c(model, recipe)
     num_outputs = int(model.output_shape[-1])
     names = _check_labels(class_names, num_outputs)
@@ -277,7 +262,7 @@ def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sampl
     policy = _policy_name(model)
     atol = ATOL.get(policy, ATOL["mixed_bfloat16"])
 
-    if _is_remote(out_dir):
+    if fs.is_remote(out_dir):
         tmp = tempfile.mkdtemp(prefix="keras_tl_export-")
     else:
         parent = os.path.dirname(out_dir)
@@ -292,8 +277,8 @@ def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sampl
         except OSError as e:
             raise WorkdirError(f"{parent}: cannot create the export's temporary directory here ({e.strerror or e}); choose a writable --workdir") from None
     try:
-        _write(model, tmp, names, recipe, hwc)
-        verification = _verify(model, tmp, samples, recipe, atol) if recipe.export.verify else None
+        _write(model, tmp, names, recipe, hwc, transform)
+        verification = _verify(model, tmp, samples, recipe, atol, transform) if recipe.export.verify else None
         info = {
             "format_version": FORMAT_VERSION,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -302,13 +287,16 @@ def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sampl
             "signature": SIGNATURE if recipe.export.savedmodel else None,
             "input": {"name": "pixels", "shape": [None, *hwc], "dtype": "float32",
                       "image_size": list(hwc[:2]), "channels": hwc[2], "resize": recipe.data.resize,
-                      "units": "raw pixels (0..255 for 8-bit images); the model applies its own preprocessing"},
+                      "transform": transform, "fits_hdu": recipe.data.fits.hdu,
+                      "units": "raw pixels as the data files hold them (0..255 for 8-bit images, fluxes for float data); "
+                               "the SavedModel applies 'transform' (data.nan, data.scale), then the model's own preprocessing; "
+                               "model.keras takes pixels after 'transform'"},
             "output": {"shape": [None, num_outputs], "dtype": "float32", "type": recipe.model.output,
                        "activation": "softmax" if recipe.model.output == "multiclass" else "sigmoid"},
             "class_names": names,
             "top_k": min(int(top_k), num_outputs),
             "policy": policy,
-            "versions": _versions(),
+            "versions": fs.versions(),
             "verification": verification,
             "files": _file_table(tmp),
         }
@@ -316,8 +304,8 @@ def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sampl
             json.dump(info, f, indent=2)
             f.write("\n")
         with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
-            f.write(sha256_file(os.path.join(tmp, EXPORT_JSON)) + "\n")
-        if _is_remote(out_dir):
+            f.write(fs.sha256_file(os.path.join(tmp, EXPORT_JSON)) + "\n")
+        if fs.is_remote(out_dir):
             _check_destination(out_dir)
             _publish_remote(tmp, out_dir)
         else:
@@ -336,14 +324,7 @@ def read_export(out_dir: str) -> dict:
     path = out_dir.rstrip("/") + "/" + EXPORT_JSON
     if not is_complete(out_dir):
         raise UserError(f"{out_dir}: not a complete keras_tl export (no {MARKER} marker); pass the export/ directory of a finished run")
-    if _is_remote(out_dir):
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "r") as f:
-            text = f.read()
-    else:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+    text = fs.read_text(path)
     try:
         info = json.loads(text)
     except json.JSONDecodeError as e:

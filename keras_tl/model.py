@@ -30,6 +30,11 @@ from keras_tl.errors import UserError
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCH_STD_RGB = (0.229, 0.224, 0.225)
+# EfficientNet-Lite's input normalisation, the same for every channel: the "inception-style" mean
+# and std of the TF EfficientNet-Lite training code (efficientnet_lite_builder.py: MEAN_RGB = [127.0]*3,
+# STDDEV_RGB = [128.0]*3), chosen there for post-quantisation accuracy.
+LITE_MEAN = 127.0
+LITE_STD = 128.0
 
 
 @keras.saving.register_keras_serializable(package="keras_tl")
@@ -41,11 +46,12 @@ class Preprocess(keras.layers.Layer):
     - ``caffe`` (ResNet): RGB → BGR, then subtract the ImageNet BGR channel means.
     - ``tf`` (ResNetV2): x / 127.5 - 1.
     - ``torch`` (DenseNet): x / 255, subtract the ImageNet RGB means, divide by the RGB stds.
+    - ``lite`` (EfficientNet-Lite): (x - 127) / 128, as the TF EfficientNet-Lite models were trained.
     - ``none`` (EfficientNet, MobileNetV3, ConvNeXt): identity; the Keras model preprocesses.
 
     For C != 3 channels there is no colour order: ``caffe`` subtracts the mean of the three
     channel means from every band (no flip); ``torch`` uses the mean of the three means and the
-    mean of the three stds for every band; ``tf`` and ``none`` are channel-independent anyway.
+    mean of the three stds for every band; ``tf``, ``lite`` and ``none`` are channel-independent anyway.
     Computes in float32 whatever the global precision policy.
     """
 
@@ -67,6 +73,8 @@ class Preprocess(keras.layers.Layer):
             return x - float(np.mean(CAFFE_MEAN_BGR))
         if self.mode == "tf":
             return x / 127.5 - 1.0
+        if self.mode == "lite":
+            return (x - LITE_MEAN) / LITE_STD
         if self.mode == "torch":
             mean = np.asarray(TORCH_MEAN_RGB, "float32") if rgb else np.float32(np.mean(TORCH_MEAN_RGB))
             std = np.asarray(TORCH_STD_RGB, "float32") if rgb else np.float32(np.mean(TORCH_STD_RGB))
@@ -123,6 +131,19 @@ def reinit_stages(backbone, entry, stages, input_shape) -> list:
     return changed
 
 
+def set_bn_momentum(backbone, momentum: float) -> int:
+    """Set the moving-statistics momentum of every BatchNormalization layer in ``backbone``; returns how many."""
+    n = 0
+    stack = list(backbone.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            n += 1
+        stack.extend(getattr(layer, "layers", []))
+    return n
+
+
 def build_model(recipe, num_classes: int, weights_info=None) -> keras.Model:
     """The full model for ``recipe`` with ``num_classes`` outputs (see the module docstring).
 
@@ -139,6 +160,8 @@ def build_model(recipe, num_classes: int, weights_info=None) -> keras.Model:
     backbone, info = weights_mod.build_weighted_backbone(recipe, weights_info)
     if m.reinit:
         reinit_stages(backbone, entry, m.reinit, (h, w, c))
+    if m.bn_momentum is not None:
+        set_bn_momentum(backbone, m.bn_momentum)
 
     pixels = keras.Input((h, w, c), name="pixels", dtype="float32")
     x = Preprocess(entry.preprocess, c, entry.name, name="preprocess")(pixels)

@@ -1,8 +1,9 @@
 """Classify images with an exported model: ``python -m keras_tl.predict --model EXPORT_DIR IMAGE...``.
 
 Loads ``savedmodel/`` and ``labels.txt`` of a complete export (see keras_tl.export), reads each
-image (PNG/JPEG/.npy), resizes it the way training did (export.json records size, channels
-and resize mode) and prints one line per image: ``path<TAB>label prob<TAB>label prob ...``,
+image (PNG/JPEG/.npy/FITS), fills NaN pixels and resizes it the way training did (export.json
+records size, channels, resize mode and the input transform; the SavedModel itself applies the
+flux scaling) and prints one line per image: ``path<TAB>label prob<TAB>label prob ...``,
 top-k by probability. An unreadable image prints ``error: ...`` on stderr and the exit status
 is 2 (the other images are still classified).
 """
@@ -10,12 +11,12 @@ is 2 (the other images are still classified).
 from __future__ import annotations
 
 import os
-import sys
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import app, flags
 
+from keras_tl import cli
 from keras_tl.errors import DataError, UserError
 
 FLAGS = flags.FLAGS
@@ -23,7 +24,7 @@ flags.DEFINE_string("model", None, "An export directory (a run's export/), local
 flags.DEFINE_integer("top_k", None, "How many classes to print per image (default: the export's top_k).", lower_bound=1)
 flags.DEFINE_integer("batch_size", 32, "Images per model call.", lower_bound=1)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".npy")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".npy", ".fits", ".fits.gz", ".fz")
 
 
 class Predictor:
@@ -46,6 +47,13 @@ class Predictor:
         self.image_size = (int(inp["image_size"][0]), int(inp["image_size"][1]))
         self.channels = int(inp["channels"])
         self.resize_mode = inp.get("resize", "resize")
+        from keras_tl.data import scale as scale_lib
+
+        try:
+            self.transform = scale_lib.check(inp.get("transform"))  # exports before scaling existed: none
+        except ValueError as e:
+            raise UserError(f"{export_dir}/export.json: {e}; the export is damaged, export again") from None
+        self.fits_hdu = inp.get("fits_hdu")
         try:
             loaded = tf.saved_model.load(export_dir.rstrip("/") + "/savedmodel")
         except (OSError, tf.errors.OpError, ValueError) as e:
@@ -76,15 +84,25 @@ def resize(image, size: Tuple[int, int], mode: str):
     return pipeline.resize(image, size, mode)
 
 
-def read_image(path: str, size: Tuple[int, int], channels: int, mode: str = "resize") -> np.ndarray:
-    """One image as float32 [H, W, C] in raw pixel units; DataError naming the file otherwise."""
+def read_image(path: str, size: Tuple[int, int], channels: int, mode: str = "resize", nan: str = "error",
+               hdu=None) -> np.ndarray:
+    """One image as float32 [H, W, C] in raw pixel units (NaN pixels filled per ``nan``, the
+    export's data.nan, before resizing, as in training); DataError naming the file otherwise."""
     import tensorflow as tf
 
-    ext = os.path.splitext(path)[1].lower()
+    from keras_tl.data import fits as fits_lib
+
+    ext = ".fits" if fits_lib.is_fits(path) else os.path.splitext(path)[1].lower()
     if ext not in IMAGE_EXTENSIONS:
         raise DataError(f"{path}: unsupported file type {ext or '(none)'}; expected {', '.join(IMAGE_EXTENSIONS)}")
     try:
-        if ext == ".npy":
+        if ext == ".fits":
+            with tf.io.gfile.GFile(path, "rb") as f:
+                arr, _, _ = fits_lib.read_fits(f.read(), hdu)
+            if arr.shape[2] != channels:
+                raise DataError(f"{path}: {arr.shape[2]} bands, the model takes {channels}")
+            image = tf.constant(arr.astype(np.float32))
+        elif ext == ".npy":
             with tf.io.gfile.GFile(path, "rb") as f:
                 arr = np.load(f, allow_pickle=False)
             if arr.ndim == 2:
@@ -104,17 +122,29 @@ def read_image(path: str, size: Tuple[int, int], channels: int, mode: str = "res
             image = tf.cast(tf.io.decode_image(data, channels=channels, expand_animations=False), tf.float32)
     except DataError:
         raise
+    except fits_lib.FitsError as e:
+        raise DataError(f"{path}: {e}") from None
     except (tf.errors.OpError, ValueError, OSError, EOFError) as e:
         msg = e.message if isinstance(e, tf.errors.OpError) else str(e)
         raise DataError(f"{path}: cannot read image: {' '.join(msg.split())[:200]}") from None
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise DataError(f"{path}: image has no pixels (shape {tuple(image.shape)})")
+    raw = image.numpy()
+    isnan = np.isnan(raw)
+    if np.isinf(raw).any():
+        raise DataError(f"{path}: contains {int(np.isinf(raw).sum())} infinite values")
+    if isnan.any() and nan == "error":
+        raise DataError(f"{path}: has {int(isnan.sum())} NaN pixels and the model was trained with data.nan: error")
+    if isnan.any() and nan == "median" and isnan.all(axis=(0, 1)).any():
+        raise DataError(f"{path}: band {int(np.argmax(isnan.all(axis=(0, 1))))} is all NaN; data.nan: median has no value to fill it with")
+    if mode not in ("resize", "pad", "center_crop"):
+        raise UserError(f"export.json: unknown resize mode {mode!r}; valid: resize, pad, center_crop")
+    from keras_tl.data import pipeline
+
     if tuple(image.shape[:2]) != tuple(size):
-        image = resize(image, size, mode)
-    out = image.numpy()
-    if not np.all(np.isfinite(out)):
-        raise DataError(f"{path}: contains NaN or infinite values")
-    return out
+        # The training pipeline's own function: NaN filled first, then resized.
+        image = pipeline.to_input_size(image, size, mode, nan)
+    return image.numpy()
 
 
 def classify(predictor: Predictor, paths: Sequence[str], top_k: int, batch_size: int = 32):
@@ -130,7 +160,8 @@ def classify(predictor: Predictor, paths: Sequence[str], top_k: int, batch_size:
 
     for path in paths:
         try:
-            pending.append((path, read_image(path, predictor.image_size, predictor.channels, predictor.resize_mode), None))
+            pending.append((path, read_image(path, predictor.image_size, predictor.channels, predictor.resize_mode,
+                                             predictor.transform["nan"], predictor.fits_hdu), None))
         except DataError as e:
             pending.append((path, None, str(e)))
         if len(pending) >= batch_size:
@@ -142,28 +173,25 @@ def format_line(path: str, top: List[Tuple[str, float]]) -> str:
     return "\t".join([path] + [f"{label} {prob:.4f}" for label, prob in top])
 
 
-def main(argv):
-    paths = argv[1:]
+def main(argv) -> int:
+    return cli.run(_main, argv[1:])
+
+
+def _main(paths) -> int:
     if not FLAGS.model:
-        print("error: --model is required, e.g. python -m keras_tl.predict --model runs/telescope/<run>/export image.png", file=sys.stderr)
-        sys.exit(2)
+        raise UserError("--model is required, e.g. python -m keras_tl.predict --model runs/telescope/<run>/export image.png")
     if not paths:
-        print("error: no images given; usage: python -m keras_tl.predict --model EXPORT_DIR [--top_k 5] IMAGE...", file=sys.stderr)
-        sys.exit(2)
-    try:
-        predictor = Predictor(FLAGS.model)
-    except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+        raise UserError("no images given; usage: python -m keras_tl.predict --model EXPORT_DIR [--top_k 5] IMAGE...")
+    predictor = Predictor(FLAGS.model)
     k = FLAGS.top_k or int(predictor.info.get("top_k", 5))
     failed = 0
     for path, top, err in classify(predictor, paths, k, FLAGS.batch_size):
         if err is not None:
             failed += 1
-            print(f"error: {' '.join(err.split())}", file=sys.stderr)
+            cli.print_error(err)
         else:
             print(format_line(path, top), flush=True)
-    sys.exit(2 if failed else 0)
+    return cli.USAGE_ERROR if failed else 0
 
 
 if __name__ == "__main__":

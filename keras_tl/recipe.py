@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
 import re
@@ -102,9 +103,39 @@ class SyntheticConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FitsConfig:
+    """FITS files (``.fits``, ``.fits.gz``, ``.fz``) in a directory source."""
+
+    # The HDU holding the image: an index (0 = primary) or an EXTNAME such as SCI. null: the first
+    # HDU with image data (the primary, or extension 1 of a tile-compressed .fz); run.json says which.
+    hdu: Optional[Union[int, str]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Hdf5Config:
+    """``data.source: hdf5``: one file (data.path) holding an image array and a label array."""
+
+    images: Optional[str] = None  # dataset of (N, H, W[, C]) images, e.g. images (Galaxy10 DECaLS)
+    labels: Optional[str] = None  # dataset of (N,) integer labels, e.g. ans (Galaxy10 DECaLS)
+    # A list of names (label i is class_names[i]), or the name of an attribute of the labels
+    # dataset (or of the file) holding them. null: the label values themselves ("0", "1", ...).
+    class_names: Optional[Union[Tuple[str, ...], str]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleConfig:
+    """Flux scaling into 0..255, per image and band, before the backbone's own preprocessing."""
+
+    # auto: none for 8-bit data, percentile for float data (the choice is measured: README, Data).
+    method: Literal["auto", "none", "percentile", "asinh"] = "auto"
+    clip: Tuple[float, float] = _field((0.5, 99.5), min=0.0, max=100.0)  # percentiles that map to 0 and 255
+    softening: float = _field(0.1, min=1e-4, max=1e4)  # asinh: linear below it, in units of the clip range
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: Literal["directory", "tfds", "synthetic_galaxies"] = "synthetic_galaxies"
-    path: Optional[str] = None  # directory source: one subfolder per class (local or gs://)
+    source: Literal["directory", "tfds", "synthetic_galaxies", "hdf5"] = "synthetic_galaxies"
+    path: Optional[str] = None  # directory source: one subfolder per class (local or gs://); hdf5: the file
     name: Optional[str] = None  # tfds source: dataset name, e.g. "eurosat/rgb"
     data_dir: Optional[str] = None  # tfds data_dir
     train_split: str = "train"
@@ -127,6 +158,10 @@ class DataConfig:
     deterministic: bool = False
     class_weights: bool = False
     on_bad_file: Literal["error", "skip"] = "error"
+    nan: Literal["error", "zero", "median"] = "error"  # NaN (masked) pixels; median: the band's own median
+    scale: ScaleConfig = _field(factory=ScaleConfig)
+    fits: FitsConfig = _field(factory=FitsConfig)
+    hdf5: Hdf5Config = _field(factory=Hdf5Config)
     synthetic: SyntheticConfig = _field(factory=SyntheticConfig)
 
 
@@ -154,6 +189,12 @@ class ModelConfig:
     # auto: frozen for pretrained weights (imagenet or a file), train for weights: none — frozen BN
     # with random init never normalises (running stats stay 0/1) and a scratch arm would be crippled.
     bn: Literal["auto", "frozen", "train"] = "auto"
+    # Momentum of the backbone's BN moving statistics where BN trains. null: what the backbone was
+    # built with (0.99 for every registry backbone, as keras.applications). Short runs from scratch
+    # need less: after 150 steps at 0.99 the statistics still weigh their initial values by 0.22 and
+    # a from-scratch EfficientNet-Lite0 scored chance in inference mode while it learned in training
+    # mode (README "Evidence"); 0.9 is PyTorch's default (its momentum=0.1).
+    bn_momentum: Optional[float] = _field(None, min=0.0, max=1.0)
     conv1_adapt: Literal["mean", "sum"] = "mean"
     output: Literal["multiclass", "multilabel", "binary"] = "multiclass"
 
@@ -174,7 +215,7 @@ class Phase:
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = _field(1e-3, min=0.0, max=10.0)
     momentum: float = _field(0.9, min=0.0, max=1.0)
-    weight_decay: float = _field(0.0, min=0.0, max=1.0)
+    weight_decay: float = _field(0.0, min=0.0, max=1.0)  # every optimizer, adamw too: 0 = no decay
     schedule: Literal["constant", "cosine", "step", "linear"] = "constant"
     warmup_epochs: float = _field(0.0, min=0.0, max=100_000)
     step_epochs: Tuple[int, ...] = ()  # for schedule: step
@@ -433,18 +474,29 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _section_hint(cls, raw) -> str:
+    """For a scalar given where a section belongs (``data.scale: asinh``): the key it fits."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if typing.get_origin(tp) is Literal and raw in typing.get_args(tp) and not isinstance(raw, bool):
+            return f" (did you mean {{{f.name}: {raw}}}?)"
+    return ""
+
+
 class _Builder:
     def __init__(self, where: str):
         self.where = where
 
     def fail(self, path: str, msg: str):
-        raise RecipeError(f"{self.where}: {path or '<top>'}: {msg}")
+        prefix = f"{self.where}: " if self.where else ""
+        raise RecipeError(f"{prefix}{path or '<top>'}: {msg}")
 
     def build(self, cls, raw: Any, path: str):
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            self.fail(path, f"expected a mapping of keys, got {_short(raw)}")
+            self.fail(path, f"expected a mapping of keys, got {_short(raw)}{_section_hint(cls, raw)}")
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
@@ -581,17 +633,24 @@ def _schema_child(tp, part: str):
     raise TypeError(part)
 
 
-def apply_overrides(raw: dict, overrides) -> dict:
+def apply_overrides(raw: dict, overrides, schema=None, where: str = "") -> dict:
     """Apply ``a.b.c=value`` strings (values parsed as YAML) to a raw recipe dict.
 
     A mapping set on a section (``--set data={batch_size: 8}``) merges into it, as
     ``extends`` does; any other value (lists, ``trainable``, ``lr_multipliers``)
-    replaces what was there. ``raw`` is not modified.
+    replaces what was there. ``raw`` is not modified. ``schema``: the dataclass the keys
+    are checked against (default :class:`Recipe`; a study section passes its own); ``where``
+    (a file name) prefixes error messages.
     """
-    return _apply_overrides(raw, overrides, "")
+    return _apply_overrides(raw, overrides, where, schema or Recipe)
 
 
-def _apply_overrides(raw: dict, overrides, where: str) -> dict:
+def parse_value(text: str, where: str) -> Any:
+    """An override's value as ``--set`` reads it (YAML with YAML 1.2 / JSON numbers)."""
+    return _parse_yaml(text, where) if text.strip() else ""
+
+
+def _apply_overrides(raw: dict, overrides, where: str, schema=None) -> dict:
     prefix = f"{where}: " if where else ""
     raw = _deep_merge({}, raw)
     if isinstance(overrides, str):
@@ -608,8 +667,8 @@ def _apply_overrides(raw: dict, overrides, where: str) -> dict:
         def fail(msg):
             raise RecipeError(f"{prefix}--set {key}: {msg}")
 
-        value = _parse_yaml(text, f"{prefix}--set {key}") if text.strip() else ""
-        types: list = [Recipe]  # types[i]: the schema type at parts[:i]
+        value = parse_value(text, f"{prefix}--set {key}")
+        types: list = [schema or Recipe]  # types[i]: the schema type at parts[:i]
         for i, part in enumerate(parts):
             tp = types[-1]
             try:
@@ -741,6 +800,20 @@ def replace(recipe: Recipe, overrides) -> Recipe:
     return from_dict(apply_overrides(to_dict(recipe), overrides), f"<{recipe.name}>")
 
 
+def check_override(recipe: Recipe, key: str, value: Any) -> None:
+    """RecipeError unless ``--set key=value`` fits ``recipe``'s schema (known key, type, range).
+
+    Cross-field rules are left to :func:`validate` (a study checks them per arm)."""
+    raw = _apply_overrides(to_dict(recipe), [f"{key}={json.dumps(value)}"], "")
+    _Builder("").build(Recipe, raw, "")
+
+
+def build_section(schema, raw: Any, where: str, path: str = ""):
+    """The frozen dataclass ``schema`` from plain data, as strictly as a recipe is built
+    (unknown keys name the closest valid one; types and ranges are checked)."""
+    return _Builder(where).build(schema, raw, path)
+
+
 # ----------------------------------------------------------------- validation
 
 # keras.activations names (Keras 3), kept here so that validate() needs no TensorFlow.
@@ -808,18 +881,36 @@ def check_trainable(spec, stages, where: str) -> None:
 
 def validate(recipe: Recipe, where: str = "<recipe>") -> None:
     """Cross-field rules. Runs before TensorFlow builds anything."""
-    from keras_tl import backbones
 
     def fail(key, msg):
         raise RecipeError(f"{where}: {key}: {msg}")
 
-    d, m, t = recipe.data, recipe.model, recipe.train
+    d = recipe.data
     if not recipe.name or any(c in recipe.name for c in "/\\") or not recipe.name.isprintable() or recipe.name in (".", ".."):
         fail("name", f"must be a non-empty name without path separators, got {_short(recipe.name)}")
     if d.source == "directory" and not d.path:
         fail("data.path", "data.source is directory: set data.path to a folder with one subfolder per class")
     if d.source == "tfds" and not d.name:
         fail("data.name", "data.source is tfds: set data.name to a TFDS dataset name, e.g. eurosat/rgb")
+    if d.source == "hdf5":
+        if not d.path:
+            fail("data.path", "data.source is hdf5: set data.path to the .h5 file")
+        for key, example in (("images", "images"), ("labels", "ans")):
+            if not getattr(d.hdf5, key):
+                fail(f"data.hdf5.{key}", f"data.source is hdf5: name the {key} dataset in the file, e.g. {example} (Galaxy10 DECaLS)")
+        if isinstance(d.hdf5.class_names, tuple):
+            names = d.hdf5.class_names
+            if len(names) < 2 or len(set(names)) != len(names) or any(not n or n != n.strip() or not n.isprintable() for n in names):
+                fail("data.hdf5.class_names", f"expected at least 2 distinct, non-empty, printable names, got {_short(list(names))}")
+        elif d.hdf5.class_names == "":
+            fail("data.hdf5.class_names", "expected a list of names or the name of an attribute holding them, got ''")
+    if isinstance(d.fits.hdu, int) and d.fits.hdu < 0:
+        fail("data.fits.hdu", f"expected an HDU index >= 0 (0 is the primary) or an extension name, got {d.fits.hdu}")
+    if d.fits.hdu == "":
+        fail("data.fits.hdu", "expected an HDU index or an extension name such as SCI, got ''")
+    lo, hi = d.scale.clip
+    if not lo < hi:
+        fail("data.scale.clip", f"expected [low, high] percentiles with low < high, got {list(d.scale.clip)}")
     h, w = d.image_size
     if h < 32 or w < 32 or h > 4096 or w > 4096:
         fail("data.image_size", f"each side must be between 32 and 4096 pixels, got {list(d.image_size)}")
@@ -836,6 +927,14 @@ def validate(recipe: Recipe, where: str = "<recipe>") -> None:
     if d.source == "synthetic_galaxies":
         if d.synthetic.output == "uint8" and d.channels != 3:
             fail("data.channels", f"synthetic uint8 images are RGB (3 channels), got {d.channels}; set data.synthetic.output: float for other band counts")
+    _validate_model(recipe, fail)
+    _validate_train(recipe, where, fail)
+
+
+def _validate_model(recipe: Recipe, fail) -> None:
+    from keras_tl import backbones
+
+    m = recipe.model
     try:
         entry = backbones.get(m.backbone)
     except KeyError:
@@ -862,18 +961,21 @@ def validate(recipe: Recipe, where: str = "<recipe>") -> None:
             fail(f"model.head.{i}.activation", f"unknown activation {_short(block.activation)}{f' (did you mean {close[0]}?)' if close else ''}; valid: {', '.join(sorted(KERAS_ACTIVATIONS))}")
     if m.reinit and m.weights == "none":
         fail("model.reinit", "re-initialising stages of a randomly initialised model changes nothing; use model.weights: imagenet or a file")
+
+
+def _validate_train(recipe: Recipe, where: str, fail) -> None:
+    d, t = recipe.data, recipe.train
     if not t.phases:
         fail("train.phases", "at least one phase is needed")
+    stages = stage_list(recipe)
     for i, ph in enumerate(t.phases):
         # A phase's name becomes part of file names in the run dir (log_<i>_<name>.csv, tensorboard/<name>).
         if ph.name and (any(c in ph.name for c in "/\\:") or not ph.name.isprintable() or ph.name.strip(".") == ""):
             fail(f"train.phases.{i}.name", f"must be a plain name without path separators or control characters, got {_short(ph.name)}")
         check_trainable(ph.trainable, stages, f"{where}: train.phases.{i}.trainable")
-        for s, mult in ph.lr_multipliers.items():
-            if s not in stages + ("head",):
-                fail(f"train.phases.{i}.lr_multipliers", f"unknown stage {s!r}; valid: {', '.join(stages + ('head',))}")
-            if mult < 0:
-                fail(f"train.phases.{i}.lr_multipliers.{s}", f"must be >= 0, got {mult}")
+        if ph.lr_multipliers:
+            fail(f"train.phases.{i}.lr_multipliers", "per-stage learning rates are not supported with Keras 3 optimizers yet; "
+                 "use a separate phase with a lower lr for the deeper stages instead")
         if ph.schedule == "step" and not ph.step_epochs:
             fail(f"train.phases.{i}.step_epochs", "schedule: step needs step_epochs, e.g. [10, 20]")
         prev = 0
@@ -885,7 +987,12 @@ def validate(recipe: Recipe, where: str = "<recipe>") -> None:
             fail(f"train.phases.{i}.warmup_epochs", f"{ph.warmup_epochs} is longer than the phase ({ph.epochs} epochs)")
     if t.distribute == "tpu" and t.precision == "mixed_float16":
         fail("train.precision", "TPUs compute in bfloat16: use mixed_bfloat16 or auto")
+    if t.jit_compile is True and t.deterministic:
+        # Keras compiles without XLA, silently, whenever op determinism is on (model_supports_jit).
+        fail("train.jit_compile", "true cannot be combined with train.deterministic: true (Keras turns XLA off under "
+             "TensorFlow op determinism); set train.jit_compile: auto for reproducible runs, or train.deterministic: false for XLA")
     if not t.monitor or not t.monitor.replace("_", "").isalnum():
         fail("train.monitor", f"expected a metric name such as val_accuracy or val_loss, got {_short(t.monitor)}")
-    if t.monitor.startswith("val_") and d.val_fraction == 0 and not (d.source == "tfds" and d.val_split):
-        fail("data.val_fraction", f"0 leaves no validation split, but train.monitor is {t.monitor}; set data.val_fraction > 0 or train.monitor: loss")
+    if d.val_fraction == 0 and not (d.source == "tfds" and d.val_split):
+        fail("data.val_fraction", "0 leaves no validation split, and keras_tl picks each phase's best epoch (train.monitor) on "
+             "validation data; set data.val_fraction > 0 (e.g. 0.1), or data.val_split for a tfds source")

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import os
 import sys
 from typing import List, Optional, Sequence
 
 import numpy as np
 
+from keras_tl import cli, fs
 from keras_tl.errors import DataError, UserError, WorkdirError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -35,6 +35,23 @@ def resolve_model_path(arg: str) -> str:
         raise UserError(f"--model {arg}: no export/model.keras or model.keras inside; give a finished run directory, "
                         "its export/ directory or a .keras file")
     raise UserError(f"--model {arg}: not found or not a .keras file; give a run directory, an export directory or a .keras file")
+
+
+def input_transform_for(model_path: str) -> Optional[dict]:
+    """The input transform (data.nan + data.scale) recorded in export.json beside the .keras file, if any."""
+    path = os.path.join(os.path.dirname(model_path), "export.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        transform = json.load(f).get("input", {}).get("transform")
+    if transform is None:
+        return None
+    from keras_tl.data import scale as scale_lib
+
+    try:
+        return scale_lib.check(transform)
+    except ValueError as e:
+        raise UserError(f"{path}: {e}; the export is damaged, export again") from None
 
 
 def class_names_for(model_path: str, num_outputs: int) -> List[str]:
@@ -115,17 +132,18 @@ class ModelView:
     def __init__(self, arg: str):
         from keras_tl import model as model_lib
         from keras_tl.diagnostics import gradcam
-        from keras_tl.probe import load_run_model
+        from keras_tl.layers import load_keras_model
 
         self.arg = arg
         self.label = os.path.basename(os.path.normpath(arg))  # run() makes labels distinct
         self.path = resolve_model_path(arg)
-        self.model = load_run_model(self.path)
+        self.model = load_keras_model(self.path)
         shape = tuple(self.model.input.shape[1:])
         self.size, self.channels = shape[:2], shape[2]
         self.class_names = class_names_for(self.path, int(self.model.output.shape[-1]))
         self.split = gradcam.split_at_backbone(self.model)
         self.stage_model = model_lib.stage_model(self.model)
+        self.transform = input_transform_for(self.path)
 
     def explain(self, images: np.ndarray, k: int):
         from keras_tl.diagnostics import gradcam
@@ -199,6 +217,11 @@ def run(models: Sequence[str], images: Sequence[str], out_dir: str, *, maps: int
     per_model = []
     for v in views:
         batch = np.stack([load_image(p, v.size, v.channels) for p in images])
+        if v.transform is not None:
+            from keras_tl.data import scale as scale_lib
+
+            # model.keras takes pixels after the run's input transform (data.nan + data.scale).
+            batch = scale_lib.apply(batch, v.transform).numpy()
         heat, classes, probs, stages = v.explain(batch, maps)
         per_model.append((v, batch, heat, classes, probs, stages))
     records, used = [], set()
@@ -222,8 +245,7 @@ def run(models: Sequence[str], images: Sequence[str], out_dir: str, *, maps: int
         render(os.path.join(out_dir, png), os.path.basename(img_path), rows)
         records.append({"image": img_path, "png": png, "predictions": preds})
     summary = {"models": [v.path for v in views], "images": records}
-    with open(os.path.join(out_dir, "visualize.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    fs.write_json(os.path.join(out_dir, "visualize.json"), summary)
     write_index(os.path.join(out_dir, "index.html"), summary)
     log(f"keras_tl.visualize: {len(records)} image(s) x {len(views)} model(s) -> {os.path.join(out_dir, 'index.html')}")
     return summary
@@ -244,8 +266,7 @@ def write_index(path: str, summary: dict) -> None:
         "backbone's last stage, then the most active feature maps at the end of each stage.</p>"
         f"<table><tr><th>image</th>{heads}</tr>\n" + "\n".join(body) + "</table>\n"
     )
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page)
+    fs.write_text(path, page)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -255,13 +276,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", default="visualize", help="output directory (default ./visualize)")
     p.add_argument("--maps", type=int, default=4, help="feature maps shown per stage (default 4)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    args = p.parse_args(argv)
-    try:
-        run(args.model, args.images, args.out, maps=args.maps)
-        return 0
-    except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    return cli.run(_main, p.parse_args(argv))
+
+
+def _main(args) -> None:
+    run(args.model, args.images, args.out, maps=args.maps)
 
 
 if __name__ == "__main__":

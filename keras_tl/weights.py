@@ -4,6 +4,10 @@ The rule this module exists to enforce: a recipe that asks for pretrained weight
 those weights or a :class:`~keras_tl.errors.WeightsError` that says how to provide them. There is
 no fallback to random initialisation anywhere in this file.
 
+ImageNet: the keras.applications no-top file, verified against the hash Keras publishes and
+downloaded into the Keras cache when missing or damaged (origin, mirror, timeout, lock:
+:mod:`keras_tl.download`). ``python -m keras_tl.weights fetch|list`` fills and shows the cache.
+
 Files: ``.weights.h5`` (Keras 3 weights, e.g. ``export/backbone.weights.h5`` of an earlier run),
 ``.h5`` (legacy Keras weights, e.g. the ImageNet ``*_notop.h5`` files), ``.keras`` (a saved model,
 loaded in safe mode; its ``backbone`` sub-model is used). Local paths or ``gs://`` (copied to a
@@ -16,15 +20,16 @@ first convolution's kernel, adapted by :func:`adapt_conv1`.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import hashlib
 import os
+import sys
 import tempfile
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from keras_tl import backbones
+from keras_tl import backbones, download, fs
 from keras_tl.errors import UserError, WeightsError
 
 WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")
@@ -61,24 +66,36 @@ def imagenet_cache_path(entry) -> str:
     return os.path.join(keras_cache_dir(), entry.weights_file)
 
 
-def _imagenet_missing(entry, path: str) -> WeightsError:
-    return WeightsError(
-        f"model.weights: imagenet: {entry.name} ImageNet weights are not in the Keras cache and cannot be "
-        f"downloaded here: {path} is missing. Fix: copy {entry.weights_file} into {os.path.dirname(path)}/ "
-        f"(or point KERAS_HOME at a directory whose models/ holds it), or set model.weights to a weights "
-        f"file (.weights.h5, .h5 or .keras, local or gs://)"
-    )
+def imagenet_remote(entry) -> download.RemoteFile:
+    """The keras.applications file of ``entry``'s ImageNet no-top weights: name, origin and Keras's hash."""
+    entry = entry if isinstance(entry, backbones.Backbone) else backbones.get(entry)
+    if not (entry.weights_origin and entry.weights_hash):
+        raise WeightsError(f"model.weights: imagenet: no ImageNet weights file is registered for {entry.name}; "
+                           f"set model.weights to a weights file or none")
+    return download.RemoteFile(entry.weights_file, entry.weights_origin, entry.weights_hash, f"{entry.name} ImageNet weights")
+
+
+def ensure_imagenet(entry, *, fetch: bool = True, cache_dir: Optional[str] = None) -> download.Cached:
+    """``entry``'s ImageNet file in the Keras cache (or ``cache_dir``), verified; downloaded first if
+    missing or damaged and ``fetch``. Raises :class:`keras_tl.download.DownloadError`.
+
+    A ``package`` backbone (efficientnet_lite0) is converted from its PyPI package instead: offline,
+    once, verified by the converter (no download involved).
+    """
+    entry = entry if isinstance(entry, backbones.Backbone) else backbones.get(entry)
+    if entry.imagenet_source == "package":
+        from keras_tl import efficientnet_lite
+
+        path = efficientnet_lite.ensure_imagenet_weights()
+        return download.Cached(path, sha256_file(path))
+    return download.ensure(imagenet_remote(entry), cache_dir or keras_cache_dir(), download=fetch)
 
 
 # ---------------------------------------------------------------------------- files
 
 
 def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return fs.sha256_file(path)
 
 
 _GCS_COPIES: Dict[str, str] = {}
@@ -120,22 +137,22 @@ def _check_file(path: str) -> None:
         raise WeightsError(f"model.weights: file not found: {path}; give the path of a .weights.h5/.h5/.keras file, imagenet or none")
 
 
-def resolve_weights(recipe) -> WeightsInfo:
+def resolve_weights(recipe, *, fetch: bool = True) -> WeightsInfo:
     """Decide where the backbone's initial weights come from, failing fast if they are unavailable.
 
-    Checks only files (no Keras import for imagenet/none): the ImageNet cache file must exist
-    before Keras is asked for it, because offline Keras would try to download and hang or fail
-    slowly.
+    No Keras import: for imagenet the cache file is verified (and, if ``fetch``, downloaded)
+    here, before any run directory exists, so Keras never meets a missing or damaged file.
     """
     entry = backbones.get(recipe.model.backbone)
     w = recipe.model.weights
     if w == "none":
         return WeightsInfo("none")
     if w == "imagenet":
-        path = imagenet_cache_path(entry)
-        if not os.path.isfile(path):
-            raise _imagenet_missing(entry, path)
-        return WeightsInfo("imagenet", path, sha256_file(path))
+        try:
+            cached = ensure_imagenet(entry, fetch=fetch)
+        except download.DownloadError as e:
+            raise download.DownloadError(f"model.weights: imagenet: {e}") from None
+        return WeightsInfo("imagenet", cached.path, cached.sha256)
     _check_file(w)
     return WeightsInfo("file", w, sha256_file(local_copy(w)))
 
@@ -301,14 +318,20 @@ def _cut(model, output_layer: Optional[str]):
 
 def _imagenet_rgb_backbone(entry, input_shape, path: str):
     """The RGB backbone with ImageNet weights, loaded by keras.applications from the cache file."""
+    if entry.imagenet_source == "package":
+        # keras_tl's own builder loads the converted file (resolve_weights made and verified it).
+        return backbones.build_backbone(entry, input_shape, weights=path)
     if entry.family == "efficientnet":
         # EfficientNet adds its ImageNet std-dev Rescaling layer only for weights="imagenet",
-        # so Keras must find the file itself (in the cache directory it fixed at import).
+        # so Keras must find the file itself, in the cache directory it fixed at import (the same
+        # as keras_cache_dir() unless KERAS_HOME changed since: then this fetches it there too).
+        # Keras hashes it again (md5 of a 16 MB file, ~40 ms): that check is inside keras.applications.
         from keras.src.backend.config import keras_home
 
-        keras_file = os.path.join(keras_home(), "models", entry.weights_file)
-        if not os.path.isfile(keras_file):
-            raise _imagenet_missing(entry, keras_file)
+        try:
+            ensure_imagenet(entry, cache_dir=os.path.join(keras_home(), "models"))
+        except download.DownloadError as e:
+            raise download.DownloadError(f"model.weights: imagenet: {e}") from None
         return backbones.build_backbone(entry, input_shape, weights="imagenet")
     return backbones.build_backbone(entry, input_shape, weights=path)
 
@@ -325,10 +348,11 @@ def build_weighted_backbone(recipe, info: Optional[WeightsInfo] = None):
     h, w = recipe.data.image_size
     c = recipe.data.channels
     shape = (h, w, c)
-    if c != 3 and entry.family in ("efficientnet", "convnext"):
+    if c != 3 and entry.rgb_only:
+        ok = ", ".join(n for n in backbones.names() if not backbones.get(n).rgb_only)
         raise UserError(
             f"data.channels: {c} channels is not supported for model.backbone {entry.name}: its built-in "
-            f"ImageNet normalisation is fixed to RGB; use 3 channels or a resnet/resnet_v2/densenet/mobilenetv3small backbone"
+            f"ImageNet normalisation is fixed to RGB; use 3 channels or one of: {ok}"
         )
     info = info or resolve_weights(recipe)
     cut_output = backbones.stage_output_layer(entry, m.cut_after) if m.cut_after else None
@@ -398,3 +422,92 @@ def load_backbone_weights(model, path: str, *, conv1_adapt: str = "mean") -> Non
     where = f"weights file {path}"
     source = _read_file_weights(path, where, entry, shape, bb.layers[-1].name)
     assign_weights(bb, source, where=where, channels=shape[-1], conv1_adapt=conv1_adapt)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit status 2 (argparse would print the usage first)
+        self.exit(2, f"{self.prog}: error: {message}; see --help\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m keras_tl.weights",
+        description="Fill and show the Keras cache of ImageNet weights (e.g. on a login node before a cluster job).",
+        epilog=f"Environment: KERAS_HOME (cache: $KERAS_HOME/models, default ~/.keras/models); {download.MIRROR_ENV} "
+               f"(a base replacing the Keras origin: https://, http://, file://, gs:// or a directory holding the files by "
+               f"their Keras names); {download.TIMEOUT_ENV} (seconds, default {download.DEFAULT_TIMEOUT_S:g}, for every "
+               f"connect and read). Every file is checked against the hash Keras publishes for it.")
+    sub = p.add_subparsers(dest="command", metavar="{fetch,list}", required=True, parser_class=_Parser)
+    f = sub.add_parser("fetch", help="download (or verify) the ImageNet weights of each BACKBONE into the Keras cache",
+                       description="Download the ImageNet no-top weights of each BACKBONE into the Keras cache, or verify "
+                                   "the cached file. Exit status 2 if any cannot be provided.")
+    f.add_argument("backbones", nargs="+", metavar="BACKBONE", help=f"registry names: {', '.join(backbones.names())}")
+    sub.add_parser("list", help="each backbone: its file, whether it is cached and verified, and its sha256",
+                   description="Each registered backbone: its ImageNet file, whether it is in the Keras cache and matches "
+                               "Keras's hash, and the cached file's sha256. Hashes every cached file.")
+    return p
+
+
+def _list() -> int:
+    base = download.mirror()
+    print(f"cache: {keras_cache_dir()}")
+    print(f"source: {download.MIRROR_ENV}={base}" if base else "source: the keras.applications origins (set "
+          f"{download.MIRROR_ENV} to use a mirror)")
+    rows = [("backbone", "cached", "verified", "sha256", "file")]
+    for name in backbones.names():
+        entry = backbones.get(name)
+        path = imagenet_cache_path(entry)
+        cached = os.path.isfile(path)
+        if entry.imagenet_source == "package":
+            from keras_tl import efficientnet_lite
+
+            ok = cached and efficientnet_lite.verify_weights_file(path) is None
+            verified = "-" if not cached else "yes" if ok else "NO (rebuilt on first use)"
+            rows.append((name, "yes" if cached else "no", verified, sha256_file(path) if cached else "-", entry.weights_file))
+            continue
+        try:
+            remote = imagenet_remote(entry)
+        except WeightsError:
+            rows.append((name, "yes" if cached else "no", "-", sha256_file(path) if cached else "-", entry.weights_file))
+            continue
+        sha = download.verify(path, remote) if cached else None
+        verified = "-" if not cached else "yes" if sha else f"NO ({remote.algorithm} differs from Keras's)"
+        rows.append((name, "yes" if cached else "no", verified, (sha or sha256_file(path)) if cached else "-", remote.name))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def _fetch(names: List[str]) -> int:
+    unknown = [n for n in names if n not in backbones.names()]
+    if unknown:
+        raise UserError(f"unknown backbone {unknown[0]!r}; valid: {', '.join(backbones.names())}")
+    failed = 0
+    for name in dict.fromkeys(names):
+        try:
+            c = ensure_imagenet(name)
+        except UserError as e:
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            failed += 1
+            continue
+        how = f"downloaded from {c.downloaded_from}" if c.downloaded_from else "already cached"
+        print(f"{name}: {c.path} ({how}; verified; sha256 {c.sha256})", flush=True)
+    return 2 if failed else 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m keras_tl.weights fetch BACKBONE... | list``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return _list() if args.command == "list" else _fetch(args.backbones)
+    except UserError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,7 @@ from PIL import Image
 
 from keras_tl.data import Datasets, build_datasets, scan
 from keras_tl.errors import DataError
-from keras_tl.recipe import AugmentConfig, DataConfig, Recipe, SyntheticConfig
+from keras_tl.recipe import AugmentConfig, DataConfig, Recipe, ScaleConfig, SyntheticConfig
 
 NO_AUG = AugmentConfig(flip=False, rot90=False)
 
@@ -106,13 +106,19 @@ def write_arrays(root, classes, n=4, shape=(32, 32, 5), ext="npy", seed=0):
 @pytest.mark.parametrize("ext", ["npy", "npz"])
 def test_multiband_arrays_unchanged(tmp_path, ext):
     root, arrays = write_arrays(tmp_path / "n", ["a", "b"], ext=ext)
-    r = make_recipe(path=root, source="directory", channels=5, val_fraction=0.0, test_fraction=0.0, augment=NO_AUG)
+    r = make_recipe(path=root, source="directory", channels=5, val_fraction=0.0, test_fraction=0.0, augment=NO_AUG,
+                    scale=ScaleConfig(method="none"))
     d = build_datasets(r, shuffle=False)
     x, y = stack(d.train)
     assert x.shape == (8, 32, 32, 5)
     first = sorted(arrays)[0]
-    assert np.array_equal(x[0], arrays[first])  # float values pass through untouched
+    assert np.array_equal(x[0], arrays[first])  # float values pass through untouched with scale: none
     assert x.min() < -255  # no clipping to 8-bit range
+    # The default (auto) scales float arrays into 0..255 and says so.
+    auto = build_datasets(dataclasses.replace(r, data=dataclasses.replace(r.data, scale=ScaleConfig())), shuffle=False)
+    xa, _ = stack(auto.train)
+    assert xa.min() == 0 and xa.max() == 255
+    assert auto.info["scale"]["method"] == "percentile" and auto.info["scale"]["requested"] == "auto"
     with pytest.raises(DataError, match=r"has 5 bands .* data.channels is 3"):
         build_datasets(dataclasses.replace(r, data=dataclasses.replace(r.data, channels=3)))
 
@@ -360,8 +366,9 @@ def test_synthetic_source_balance_and_determinism(fake_synthetic):
     assert build_datasets(r).info["split_hash"] == d.info["split_hash"]
 
 
-def test_real_synthetic_module_if_present():
-    synthetic = pytest.importorskip("keras_tl.data.synthetic")
+def test_real_synthetic_module():
+    from keras_tl.data import synthetic
+
     r = make_recipe(source="synthetic_galaxies", synthetic=SyntheticConfig(count=100, seed=1), val_fraction=0.2, test_fraction=0.0)
     d = build_datasets(r, augment=False)
     assert d.class_names == tuple(synthetic.CLASS_NAMES)

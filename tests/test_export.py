@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_tl import export, predict
+from keras_tl import export, fs, predict
 from keras_tl.errors import DataError, UserError, WorkdirError
 from keras_tl.recipe import DataConfig, ExportConfig, Recipe
 
@@ -62,7 +62,7 @@ def test_export_layout_and_metadata(exported):
     assert meta["class_names"] == CLASSES and meta["top_k"] == 2 and meta["signature"] == "serve"
     assert meta["verification"]["savedmodel_max_abs_diff"] <= 1e-4 and meta["verification"]["keras_max_abs_diff"] <= 1e-4
     assert set(meta["files"]) >= {"model.keras", "labels.txt", "backbone.weights.h5", "savedmodel/saved_model.pb"}
-    assert meta["files"]["model.keras"]["sha256"] == export.sha256_file(os.path.join(out, "model.keras"))
+    assert meta["files"]["model.keras"]["sha256"] == fs.sha256_file(os.path.join(out, "model.keras"))
     assert info["dir"] == out and info["files"] == meta["files"]
 
 
@@ -233,7 +233,8 @@ def test_predictor_matches_model_and_reads_png_and_npy(exported, tmp_path):
 
 @pytest.mark.parametrize("mode", ["resize", "pad", "center_crop"])
 def test_resize_matches_training_pipeline(mode):
-    pipeline = pytest.importorskip("keras_tl.data.pipeline")
+    from keras_tl.data import pipeline
+
     img = np.random.default_rng(1).uniform(0, 255, (48, 40, 3)).astype("float32")
     np.testing.assert_allclose(predict.resize(img, (32, 32), mode).numpy(), pipeline.resize(img, (32, 32), mode).numpy(), atol=1e-4)
 

@@ -296,14 +296,16 @@ def mutated_recipes(draw):
         node = raw
         for j, p in enumerate(parts[:-1]):
             nxt = [] if parts[j + 1].isdigit() else {}
+            # An earlier mutation may have left a list where this key needs a mapping (or the
+            # reverse): replace it, so the next step can index it.
             if isinstance(node, list):
                 while len(node) <= int(p):
                     node.append({})
-                if not isinstance(node[int(p)], (dict, list)):
+                if not isinstance(node[int(p)], type(nxt)):
                     node[int(p)] = nxt
                 node = node[int(p)]
             else:
-                if p.isdigit() or not isinstance(node.get(p), (dict, list)):
+                if p.isdigit() or not isinstance(node.get(p), type(nxt)):
                     node[p] = nxt
                 node = node[p]
         last = parts[-1]
@@ -370,7 +372,6 @@ def test_generated_overrides(tmp_path, key, value):
 
 @pytest.mark.parametrize("name", ["billion_laughs", "python_object", "binary_junk", "five_mb", "extends_self", "newline_key"])
 def test_cli_rejects_hostile_recipe(tmp_path, name):
-    pytest.importorskip("keras_tl.train")
     path = write_case(tmp_path, name, NASTY[name])
     wd = tmp_path / "wd"
     proc = subprocess.run(

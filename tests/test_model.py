@@ -143,3 +143,26 @@ def test_inference_function_traces_once_for_every_batch_size():
         out = np.asarray(fn(np.ones((n, 4, 4, 3), np.uint8)))  # any dtype in: cast to float32
         assert out.shape == (n, 4, 4, 3) and out.dtype == np.float32
     assert len(traces) == 1
+
+
+def _backbone_bns(model):
+    return [l for l in model.get_layer("backbone").layers if isinstance(l, keras.layers.BatchNormalization)]
+
+
+def test_bn_momentum_null_keeps_the_backbones_own_and_a_value_sets_every_bn():
+    own = _backbone_bns(M.build_model(make_recipe("efficientnet_lite0"), 3))
+    assert own and {l.momentum for l in own} == {0.99}
+    model = M.build_model(make_recipe("efficientnet_lite0", bn_momentum=0.9), 3)
+    bns = _backbone_bns(model)
+    assert len(bns) == len(own) and {l.momentum for l in bns} == {0.9}
+    # The value is what a training step uses: moving_mean = 0.9 * old + 0.1 * batch mean.
+    bn = bns[0]
+    x = np.random.default_rng(1).normal(2.0, 1.0, (4, 5, 5, bn.moving_mean.shape[0])).astype("float32")
+    old = np.asarray(bn.moving_mean).copy()
+    bn(x, training=True)
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), 0.9 * old + 0.1 * x.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+
+
+def test_bn_momentum_out_of_range_is_a_recipe_error():
+    with pytest.raises(UserError, match=r"model.bn_momentum"):
+        make_recipe(bn_momentum=1.5)

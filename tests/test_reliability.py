@@ -15,49 +15,19 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from keras_tl import recipe as recipe_lib
 
-# The tiny recipe of tests/test_train.py: 2 phases x 2 epochs, head on cached features, then all.
-TINY = {
-    "name": "tiny",
-    "seed": 3,
-    "data": {
-        "source": "synthetic_galaxies",
-        "synthetic": {"count": 120, "seed": 7},
-        "image_size": [32, 32],
-        "batch_size": 16,
-        "val_fraction": 0.2,
-        "test_fraction": 0.2,
-        "augment": {"flip": False, "rot90": False},
-    },
-    "model": {"backbone": "mobilenetv3small", "weights": "none", "cut_after": "block2",
-              "head": [{"units": 16, "dropout": 0.1}]},
-    "train": {
-        "tensorboard": False,
-        "deterministic": True,
-        "phases": [
-            {"name": "head", "trainable": "head", "epochs": 2, "lr": 3e-3},
-            {"name": "ft", "trainable": "all", "epochs": 2, "lr": 1e-4, "schedule": "cosine"},
-        ],
-    },
-}
-
-
-def _recipe_file(tmp_path):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    return str(path)
+# The recipe: tests/conftest.py's TINY (2 phases x 2 epochs, head on cached features, then all).
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, tiny, recipe_file):
     """Metrics of the uninterrupted run."""
     from keras_tl import train
 
     tmp = tmp_path_factory.mktemp("ref")
-    return train.run(recipe_lib.load(_recipe_file(tmp)), str(tmp / "wd"), log=lambda *a: None)
+    return train.run(recipe_lib.load(recipe_file(tmp, tiny())), str(tmp / "wd"), log=lambda *a: None)
 
 
 def _cli(recipe_path, workdir, fault=None):
@@ -94,8 +64,8 @@ def _finish(recipe_path, wd):
     return json.load(open(os.path.join(wd, "metrics.json")))
 
 
-def test_torn_checkpoint_writes_resume_and_finish(reference, tmp_path):
-    recipe_path, wd = _recipe_file(tmp_path), str(tmp_path / "wd")
+def test_torn_checkpoint_writes_resume_and_finish(reference, tmp_path, tiny, recipe_file):
+    recipe_path, wd = recipe_file(tmp_path, tiny()), str(tmp_path / "wd")
 
     # 1. Killed while BackupAndRestore rewrote its backup after phase 0's second epoch: Keras
     #    copies the previous backup to *.bkp first, so the torn latest file must fall back to it.
@@ -125,8 +95,8 @@ def test_torn_checkpoint_writes_resume_and_finish(reference, tmp_path):
     assert abs(metrics["test"]["accuracy"] - reference["test"]["accuracy"]) <= 0.25
 
 
-def test_kills_after_training_change_nothing(reference, tmp_path):
-    recipe_path, wd = _recipe_file(tmp_path), str(tmp_path / "wd")
+def test_kills_after_training_change_nothing(reference, tmp_path, tiny, recipe_file):
+    recipe_path, wd = recipe_file(tmp_path, tiny()), str(tmp_path / "wd")
     # Phase 0 completely trained and backed up but not yet recorded: the rerun trains no epoch of
     # it again and takes its best epoch from the best-weights checkpoint.
     _kill_at(recipe_path, wd, "epoch_end:0:1")

@@ -14,33 +14,26 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
-STUDY = {
-    "name": "tiny_study",
-    "seed": 0,
-    "data": {
-        "source": "synthetic_galaxies",
-        "synthetic": {"count": 60, "seed": 7},
-        "image_size": [32, 32],
-        "batch_size": 16,
-        "val_fraction": 0.2,
-        "test_fraction": 0.2,
-        "augment": {"flip": False, "rot90": False},
-    },
-    "model": {"backbone": "mobilenetv3small", "weights": "none", "cut_after": "block2"},
-    "train": {"tensorboard": False, "phases": [{"name": "p", "trainable": "head", "epochs": 1, "lr": 1e-3}]},
-    "export": {"savedmodel": False},
-    "study": {"freeze": ["head_only", "all"], "seeds": 2, "baseline": {"freeze": "head_only"}},
-}
 # Arm ids are <values>-<hash of the arm's recipe>; tests/test_study_plan.py pins the scheme.
 ARMS = ("head_only-69134b1b", "all-fe013619")
 RUNS = {f"{arm}/seed{k}" for arm in ARMS for k in range(2)}
 
 
-def _recipe(tmp_path):
+@pytest.fixture
+def recipe(tmp_path, tiny):
+    """tests/conftest.py's tiny recipe as a study: 60 images, one head-only epoch, 2 arms x 2 seeds."""
+    raw = tiny()
+    raw.update(name="tiny_study", seed=0)
+    raw["data"]["synthetic"] = {"count": 60, "seed": 7}
+    del raw["model"]["head"]
+    raw["train"] = {"tensorboard": False, "phases": [{"name": "p", "trainable": "head", "epochs": 1, "lr": 1e-3}]}
+    raw["export"] = {"savedmodel": False}
+    raw["study"] = {"freeze": ["head_only", "all"], "seeds": 2, "baseline": {"freeze": "head_only"}}
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(STUDY))
+    path.write_text(yaml.safe_dump(raw))
     return str(path)
 
 
@@ -83,8 +76,8 @@ def _arm_ids(wd):
     return {a["id"] for a in json.load(open(os.path.join(wd, "plan.json")))["arms"]}
 
 
-def test_killed_study_resumes_without_rerunning_or_losing_runs(tmp_path):
-    recipe, wd = _recipe(tmp_path), str(tmp_path / "study")
+def test_killed_study_resumes_without_rerunning_or_losing_runs(tmp_path, recipe):
+    wd = str(tmp_path / "study")
     # Dies as the first run is about to write DONE: trained, exported, recorded.
     first = subprocess.run(_cmd(recipe, wd), env=_env("before_done"), capture_output=True, text=True, timeout=600)
     assert first.returncode == -9, first.stderr[-2000:]
@@ -110,8 +103,8 @@ def test_killed_study_resumes_without_rerunning_or_losing_runs(tmp_path):
     assert os.path.exists(os.path.join(wd, "report.md"))
 
 
-def test_two_shards_started_together_never_run_the_same_run(tmp_path):
-    recipe, wd = _recipe(tmp_path), str(tmp_path / "study")
+def test_two_shards_started_together_never_run_the_same_run(tmp_path, recipe):
+    wd = str(tmp_path / "study")
     procs = [subprocess.Popen(_cmd(recipe, wd, "--shard", f"{i}/2"), env=_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=900) for p in procs]

@@ -208,7 +208,7 @@ def test_cli_dry_run_and_user_error(tmp_path):
     assert not (tmp_path / "wd").exists()
     r = _cli("--recipe", path, "--dry_run", "--set", "study.sedes=3")
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].startswith("keras_tl.study: error:") and "did you mean seeds?" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "did you mean seeds?" in r.stderr
 
 
 _REPO_RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
@@ -236,3 +236,76 @@ def test_budget_study_reuses_the_transfer_study_runs():
     shared = [r for r in new.runs if text(r) in old]
     assert len(shared) == 16 and all("_x1_" in r.arm_id for r in shared)
     assert not [r for r in new.runs if "_x3_" in r.arm_id and text(r) in old]
+
+
+# Run directories of committed studies (docs/evidence, recipes/*study*.yaml) are named by these ids:
+# a change to how arms are named or overridden would orphan every finished run.
+PINNED_ARM_IDS = {
+    "study_smoke.yaml": ["head_only-1a62cada", "all-f899a557"],
+    "survey_budget_study.yaml": ["scratch_x1_epochs-0ba3beb7", "scratch_x3_epochs-3a119851",
+                                 "sdss_pretrained_x1_epochs-d505e9d0", "sdss_pretrained_x3_epochs-d5e65119"],
+    "survey_transfer_study.yaml": ["scratch_0.1_data-2072cf43", "scratch_1_data-40a2ec21",
+                                   "sdss_pretrained_0.1_data-27ac90b6", "sdss_pretrained_1_data-72738f04"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_ARM_IDS))
+def test_repo_study_arm_ids_are_pinned(name):
+    plan = plan_lib.load_plan(os.path.join(_REPO_RECIPES, name))
+    assert [a.id for a in plan.arms] == PINNED_ARM_IDS[name]
+
+
+def test_telescope_study_arm_ids_are_pinned():
+    telescope = plan_lib.load_plan(os.path.join(_REPO_RECIPES, "telescope_study.yaml"))
+    ids = [a.id for a in telescope.arms]
+    assert len(ids) == 36 and ids[0] == "imagenet_head_only_0.05_data-d87627d6" and ids[-1] == "other_survey_all_1_data-cd9640b9"
+
+
+def test_study_overrides_read_numbers_as_recipes_do(tmp_path):
+    """--set study.lr_grid=[1e-4] used to give the string '1e-4' (PyYAML's YAML 1.1), refused as not a rate."""
+    path = write_study(tmp_path, "init: [none]\nfreeze: [head_only, all]\n")
+    plan = plan_lib.load_plan(path, ["study.lr_grid=[1e-4, 3e-5]", "study.seeds=1"])
+    assert plan.study.lr_grid == (1e-4, 3e-5) and all(isinstance(x, float) for x in plan.study.lr_grid)
+    assert sorted(r.recipe.train.phases[1].lr for r in plan.runs) == [3e-5, 3e-5, 1e-4, 1e-4]
+    with pytest.raises(UserError, match=r"study.yaml: --set study.sedes: unknown key study.sedes \(did you mean seeds\?\)"):
+        plan_lib.load_plan(path, ["study.sedes=2"])
+    with pytest.raises(UserError, match=r"study.seeds: expected an integer"):
+        plan_lib.load_plan(path, ["study.seeds=two"])
+
+
+def test_vary_any_recipe_key(tmp_path):
+    path = write_study(tmp_path, """
+        init: [none, x.weights.h5]
+        vary: {model.bn: [frozen, train]}
+        seeds: 1
+        baseline: {model.bn: frozen}
+    """)
+    plan = plan_lib.load_plan(path)
+    assert plan.varied == ("init", "model.bn") and len(plan.arms) == 4
+    assert [a.label for a in plan.arms] == ["scratch, bn=frozen", "scratch, bn=train", "file:x, bn=frozen", "file:x, bn=train"]
+    assert plan.arms[0].id.startswith("scratch_bn-frozen-")
+    for arm in plan.arms:
+        assert arm.recipe.model.bn == arm.values["model.bn"]
+        ref = plan.reference_of(arm)
+        if arm.values["model.bn"] == "train":
+            assert differing(arm.recipe, ref.recipe) == {"model.bn"}
+    # The same axis through --set, and a key holding a list index.
+    plan = plan_lib.load_plan(write_study(tmp_path, "init: [none]\n"),
+                              ["study.vary.model.bn=[auto, train]", "study.vary.train.phases.1.lr=[0.01, 0.001]"])
+    assert plan.study.axes["model.bn"] == ("auto", "train") and plan.study.axes["train.phases.1.lr"] == (0.01, 0.001)
+    assert {(a.recipe.model.bn, a.recipe.train.phases[1].lr) for a in plan.arms} == {(b, lr) for b in ("auto", "train") for lr in (0.01, 0.001)}
+    assert "bn=auto, lr=0.01" in [a.label for a in plan.arms]
+
+
+@pytest.mark.parametrize("study, needle", [
+    ("vary: {model.bnn: [frozen]}\n", "study.vary.model.bnn: --set model.bnn: unknown key model.bnn (did you mean bn?)"),
+    ("vary: {model.bn: [frozn]}\n", "study.vary.model.bn: model.bn: expected one of auto, frozen, train; got 'frozn' (did you mean frozen?)"),
+    ("vary: {model.bn: frozen}\n", "study.vary.model.bn: expected a non-empty list"),
+    ("vary: {seed: [1, 2]}\n", "study.vary.seed: seed cannot be a study axis"),
+    ("init: [none]\nvary: {model.weights: [none]}\n", "study.vary.model.weights: sets model.weights, which study.init sets too"),
+    ("vary: {model.bn: [frozen, train]}\nbaseline: {model.bm: frozen}\n", "study.baseline.model.bm: not an axis of this study (did you mean model.bn?)"),
+])
+def test_vary_errors_are_one_line(tmp_path, study, needle):
+    with pytest.raises(UserError) as e:
+        plan_lib.load_plan(write_study(tmp_path, study))
+    assert needle in str(e.value) and "\n" not in str(e.value)

@@ -180,8 +180,6 @@ export: {savedmodel: false, keras: false, backbone_weights: false, verify: false
 
 def test_end_to_end_study_with_real_training(tmp_path):
     """2 arms × 2 seeds through keras_tl.train.run on a tiny model, then the report (like study_smoke.yaml, smaller)."""
-    pytest.importorskip("keras_tl.train")
-    pytest.importorskip("keras_tl.model")
     (tmp_path / "base.yaml").write_text(E2E_BASE)
     (tmp_path / "study.yaml").write_text("extends: base.yaml\nname: e2e_study\nstudy: {freeze: [head_only, all], seeds: 2}\n")
     plan = plan_lib.load_plan(str(tmp_path / "study.yaml"))
@@ -220,3 +218,15 @@ def test_loss_metric_lower_is_better_and_keeps_precision(tmp_path):
     (c,) = study["comparisons"]
     assert study["higher_is_better"] is False and c["verdict"] == stats.BETTER
     assert f"imagenet beats scratch by {c['mean']:+.3g} (95% CI" in study["verdict"] and -0.034 < c["mean"] < -0.029
+
+
+def test_missing_metric_names_the_run_by_its_plan_key(tmp_path):
+    """The key comes from the plan, learning-rate index included (report.py once rebuilt it without)."""
+    plan = make_plan(tmp_path, "\n  init: [imagenet, none]\n  seeds: 2\n  lr_grid: [1.0e-3, 1.0e-4]\n")
+    results = {r.key: {"val": {"accuracy": 0.8 if r.lr_index == 1 else 0.5}, "test": {"accuracy": 0.7}, "history": {}}
+               for r in plan.runs}
+    picked = next(r for r in plan.runs if r.lr_index == 1 and r.seed == 1)
+    results[picked.key] = {"val": {"accuracy": 0.8}, "test": {"loss": 0.3}, "history": {}}
+    with pytest.raises(report.UserError, match=f"run {picked.key}'s test metrics"):
+        report.analyze(plan, results)
+    assert "/lr1/" in picked.key

@@ -7,53 +7,19 @@ import sys
 
 import numpy as np
 import pytest
-import yaml
 
 from keras_tl import recipe as recipe_lib
 from keras_tl.errors import WorkdirError
 
-TINY = {
-    "name": "tiny",
-    "seed": 3,
-    "data": {
-        "source": "synthetic_galaxies",
-        "synthetic": {"count": 120, "seed": 7},
-        "image_size": [32, 32],
-        "batch_size": 16,
-        "val_fraction": 0.2,
-        "test_fraction": 0.2,
-        "augment": {"flip": False, "rot90": False},
-    },
-    # cut_after keeps the graph small: these tests are about the trainer, not the backbone.
-    "model": {"backbone": "mobilenetv3small", "weights": "none", "cut_after": "block2",
-              "head": [{"units": 16, "dropout": 0.1}]},
-    "train": {
-        "tensorboard": False,
-        "deterministic": True,
-        "phases": [
-            {"name": "head", "trainable": "head", "epochs": 2, "lr": 3e-3},
-            {"name": "ft", "trainable": "all", "epochs": 2, "lr": 1e-4, "schedule": "cosine"},
-        ],
-    },
-}
-
-
-def _write_recipe(tmp_path, raw=TINY):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
-
-
-def _load(tmp_path, *overrides):
-    return recipe_lib.load(_write_recipe(tmp_path), list(overrides))
+# The recipe: tests/conftest.py's TINY (fixtures tiny and recipe_file).
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, tiny, recipe_file):
     from keras_tl import train
 
     tmp = tmp_path_factory.mktemp("run")
-    recipe = recipe_lib.load(_write_recipe(tmp))
+    recipe = recipe_lib.load(recipe_file(tmp, tiny()))
     workdir = str(tmp / "wd")
     metrics = train.run(recipe, workdir, log=lambda *a: None)
     return recipe, workdir, metrics
@@ -139,9 +105,9 @@ def _cli(recipe_path, workdir, fault=None, *sets, timeout=300):
 
 
 @pytest.mark.parametrize("fault", ["batch:1:0:2", "export:before_rename"])
-def test_kill_9_then_rerun_resumes_and_matches(finished_run, tmp_path, fault):
+def test_kill_9_then_rerun_resumes_and_matches(finished_run, tmp_path, fault, tiny, recipe_file):
     _, _, reference = finished_run
-    recipe_path = _write_recipe(tmp_path)
+    recipe_path = recipe_file(tmp_path, tiny())
     wd = str(tmp_path / "wd")
     first = _cli(recipe_path, wd, fault)
     assert first.returncode == -9, first.stderr[-2000:]
@@ -152,30 +118,40 @@ def test_kill_9_then_rerun_resumes_and_matches(finished_run, tmp_path, fault):
     metrics = json.load(open(os.path.join(wd, "metrics.json")))
     assert os.path.exists(os.path.join(wd, "DONE"))
     assert not [n for n in os.listdir(wd) if n.startswith(".export.tmp-")]
-    if fault.startswith("export"):
-        # Killed between epochs: the resumed run is the same computation.
-        assert metrics["test"]["accuracy"] == pytest.approx(reference["test"]["accuracy"], abs=1e-6)
-    else:
-        # Killed mid-epoch: the epoch is redone from the last backup, with a new data order.
-        assert abs(metrics["test"]["accuracy"] - reference["test"]["accuracy"]) <= 0.25
     assert len(metrics["history"]["loss"]) == 4
+    if fault.startswith("export"):
+        # Killed after training: the resumed run is the same computation.
+        assert metrics["test"]["accuracy"] == pytest.approx(reference["test"]["accuracy"], abs=1e-6)
+        for key, values in reference["history"].items():
+            assert metrics["history"][key] == pytest.approx(values, abs=1e-6), key
+        return
+    # Killed in phase 1's first epoch, before its first backup: phase 0 stands as recorded, and the
+    # rerun trains phase 1 again from phase 0's weights on the same data order; only dropout's random
+    # stream starts afresh in the new process (measured: val_loss within 3e-5 per epoch, test loss
+    # within 4e-5, test accuracy identical; training accuracy within 1 of 72 images).
+    for key, values in reference["history"].items():
+        assert metrics["history"][key][:2] == values[:2], key
+    assert metrics["history"]["val_loss"] == pytest.approx(reference["history"]["val_loss"], abs=1e-3)
+    assert metrics["history"]["loss"] == pytest.approx(reference["history"]["loss"], abs=0.02)
+    assert metrics["test"]["loss"] == pytest.approx(reference["test"]["loss"], abs=1e-3)
+    assert abs(metrics["test"]["accuracy"] - reference["test"]["accuracy"]) <= 1 / metrics["test"]["examples"] + 1e-9
 
 
-def test_bad_override_exits_2_and_writes_nothing(tmp_path):
+def test_bad_override_exits_2_and_writes_nothing(tmp_path, tiny, recipe_file):
     wd = tmp_path / "never"
-    out = _cli(_write_recipe(tmp_path), str(wd), None, "model.wieghts=none")
+    out = _cli(recipe_file(tmp_path, tiny()), str(wd), None, "model.wieghts=none")
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "weights" in out.stderr
     assert not wd.exists()
 
 
-def test_missing_imagenet_weights_stop_fast_and_leave_no_run_dir(tmp_path):
+def test_missing_imagenet_weights_stop_fast_and_leave_no_run_dir(tmp_path, tiny, recipe_file):
     import time
 
     wd = tmp_path / "never"
     env_home = tmp_path / "keras_home"
     env_home.mkdir()
-    recipe_path = _write_recipe(tmp_path)
+    recipe_path = recipe_file(tmp_path, tiny())
     cmd = [sys.executable, "-m", "keras_tl.train", "--recipe", recipe_path, "--workdir", str(wd),
            "--set", "model.weights=imagenet"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_HOME=str(env_home))
@@ -188,20 +164,20 @@ def test_missing_imagenet_weights_stop_fast_and_leave_no_run_dir(tmp_path):
     assert not wd.exists()  # so the corrected recipe is not refused as "a different recipe"
 
 
-def test_cached_head_phase_repeats_without_determinism_flags(tmp_path):
+def test_cached_head_phase_repeats_without_determinism_flags(tmp_path, tiny, recipe_file):
     """The fast path reads the train images in pool order and shuffles the features with the seed
     alone: two runs with one seed train the head identically even with tf.data's parallel map
     free to reorder (data.deterministic: false) and without op determinism. (Before, the features'
     order followed the shuffled, non-deterministic train set, and same-seed study arms diverged.)"""
     from keras_tl import train
 
-    raw = json.loads(json.dumps(TINY))
+    raw = tiny()
     raw["data"]["synthetic"]["count"] = 600
     raw["data"]["deterministic"] = False
     raw["train"]["deterministic"] = False
     raw["train"]["phases"] = [{"name": "head", "trainable": "head", "epochs": 3, "lr": 3e-3}]
     raw["export"] = {"savedmodel": False, "keras": False}
-    recipe = recipe_lib.load(_write_recipe(tmp_path, raw))
+    recipe = recipe_lib.load(recipe_file(tmp_path, raw))
     runs = [train.run(recipe, str(tmp_path / f"r{i}"), log=lambda *a: None) for i in range(2)]
     for i in range(2):
         with open(tmp_path / f"r{i}" / "run.json") as f:
@@ -209,15 +185,15 @@ def test_cached_head_phase_repeats_without_determinism_flags(tmp_path):
     assert runs[0]["history"] == runs[1]["history"]
 
 
-def test_train_in_order_is_the_pool_order(tmp_path):
+def test_train_in_order_is_the_pool_order(tmp_path, tiny, recipe_file):
     """train_in_order: every training example once, in the pool's order, never augmented, however
     often the shuffled and augmented train set was read before."""
     from keras_tl import data as data_lib
 
-    raw = json.loads(json.dumps(TINY))
+    raw = tiny()
     raw["data"]["augment"] = {"flip": True, "rot90": True, "brightness": 0.2}
     raw["data"]["deterministic"] = False
-    recipe = recipe_lib.load(_write_recipe(tmp_path, raw))
+    recipe = recipe_lib.load(recipe_file(tmp_path, raw))
     ds = data_lib.build_datasets(recipe)
     plain = data_lib.build_datasets(recipe, augment=False, shuffle=False)
     for _ in ds.train:  # advance the shuffle and augmentation state

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras
 from keras import layers  # noqa: E402
 
 from keras_tl import recipe as recipe_lib  # noqa: E402

@@ -171,14 +171,14 @@ def plain_model(backbone: str, size: int, channels: int, num_classes: int, head_
 
 def keras_tl_model(recipe, num_classes: int, phase, steps_per_epoch: int, runtime):
     """The model compiled exactly as keras_tl.train compiles a full-path phase."""
-    from keras_tl import freeze, model as model_lib, train
+    from keras_tl import freeze, model as model_lib, optim
 
     with runtime.strategy.scope():
         model = model_lib.build_model(recipe, num_classes)
     freeze.apply_phase(model, phase, recipe)
     with runtime.strategy.scope():
-        loss, metrics = train._loss_and_metrics(num_classes, phase, recipe.train.top_k)
-        optimizer = train.make_optimizer(phase, steps_per_epoch)
+        loss, metrics = optim.loss_and_metrics(num_classes, phase, recipe.train.top_k)
+        optimizer = optim.make_optimizer(phase, steps_per_epoch)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=runtime.jit_compile,
                   steps_per_execution=recipe.train.steps_per_execution)
     return model
@@ -186,16 +186,11 @@ def keras_tl_model(recipe, num_classes: int, phase, steps_per_epoch: int, runtim
 
 def trainer_callbacks(workdir: str):
     """The callbacks keras_tl.train attaches to every full-path fit (minus TensorBoard, off here)."""
-    import keras
-
-    from keras_tl import train
+    from keras_tl import checkpoint
 
     os.makedirs(workdir, exist_ok=True)
-    return [  # the trainer monitors val_accuracy; these fits have no validation, so: loss
-        keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True),
-        train._best_checkpoint(os.path.join(workdir, "best.weights.h5"), "loss", 0, resuming=False),
-        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"), double_checkpoint=True),
-    ]
+    # The trainer monitors val_accuracy; these fits have no validation, so: loss.
+    return checkpoint.resume_callbacks(workdir, 0, "bench", "loss")
 
 
 # -------------------------------------------------------------------- sections
@@ -205,7 +200,7 @@ def section_overhead(p: dict, tmp: str) -> dict:
     """keras_tl full-path training images/s ÷ a hand-written model.fit, same data and batch."""
     import keras
 
-    from keras_tl import data as data_lib, distribute, train
+    from keras_tl import data as data_lib, distribute, optim
     from keras_tl.recipe import Phase
 
     recipe = bench_recipe(p["backbone"], p["size"], p["batch"], p["count"], **{"data.test_fraction": 0.0})
@@ -213,7 +208,7 @@ def section_overhead(p: dict, tmp: str) -> dict:
     keras.utils.set_random_seed(0)
     d = data_lib.build_datasets(recipe, global_batch_size=p["batch"])
     k = len(d.class_names)
-    ds = train._encode_labels(d.train, k).repeat()
+    ds = optim.encode_labels(d.train, k).repeat()
     phase = Phase(name="all", trainable="all", optimizer="adam", lr=1e-4)
     spe = max(1, d.counts["train"] // p["batch"])
     ktl = keras_tl_model(recipe, k, phase, spe, runtime)

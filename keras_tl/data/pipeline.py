@@ -1,16 +1,21 @@
-"""The tf.data pipeline: source → split/subset → decode/resize → cache → shuffle →
-augment (train only) → batch → prefetch, plus the pre-training bad-file scan.
+"""The tf.data pipeline: source → split/subset → decode → NaN policy → resize → input
+transform → cache → shuffle → augment (train only) → batch → prefetch, plus the pre-training
+bad-file scan.
 
-Images leave the pipeline as float32 ``[B, H, W, C]`` in raw pixel units (0..255 for
-8-bit images, .npy/.npz values unchanged) with exactly ``data.channels`` channels,
-and labels as int32 ``[B]``. Model-specific preprocessing is the model's job.
+Images leave the pipeline as float32 ``[B, H, W, C]`` with exactly ``data.channels`` channels, in
+pixel units: 8-bit images as they are (0..255), float data (arrays, FITS, HDF5, synthetic
+fluxes) after ``data.nan`` and ``data.scale`` (:mod:`keras_tl.data.scale`, the same function the
+export applies); labels as int32 ``[B]``. Model-specific preprocessing is the model's job.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import io
+import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
@@ -19,6 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_tl.data import augment as augment_lib
+from keras_tl.data import fits as fits_lib
+from keras_tl.data import scale as scale_lib
 from keras_tl.data import split as split_lib
 from keras_tl.data.sources import Pool, Source, load_source
 from keras_tl.errors import DataError
@@ -44,6 +51,15 @@ class Datasets:
     # single pass over the training images should read (the frozen-backbone fast path), so its
     # result depends neither on tf.data's parallelism nor on how often ``train`` was iterated.
     train_in_order: Optional[tf.data.Dataset] = None
+    # What the export applies to its input (data.nan + resolved data.scale); see keras_tl.data.scale.
+    input_transform: dict = dataclasses.field(default_factory=scale_lib.identity)
+    # Val (else train) images, unbatched, in pool order, *before* the input transform: what an
+    # exported SavedModel takes (raw fluxes at the model's input size).
+    serving_images: Optional[tf.data.Dataset] = None
+
+    def serving_samples(self, n: int = 8) -> np.ndarray:
+        """The first ``n`` :attr:`serving_images` as float32 [n, H, W, C] (export verification)."""
+        return np.stack([x.numpy() for x, _ in self.serving_images.take(n)])
 
 
 # -------------------------------------------------------------------- decoding
@@ -54,8 +70,8 @@ def _read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def load_array(path: str, image_key: str = "image") -> np.ndarray:
-    """A .npy/.npz file as a float32 (H, W, C) array (2-D arrays get C=1)."""
+def load_array(path: str, image_key: str = "image", keep_dtype: bool = False) -> np.ndarray:
+    """A .npy/.npz file as a float32 (H, W, C) array (2-D arrays get C=1; ``keep_dtype``: as stored)."""
     arr = np.load(io.BytesIO(_read_bytes(path)), allow_pickle=False)
     if isinstance(arr, np.lib.npyio.NpzFile):
         with arr:
@@ -71,12 +87,15 @@ def load_array(path: str, image_key: str = "image") -> np.ndarray:
         raise ValueError(f"array has shape {arr.shape}, expected (H, W) or (H, W, C)")
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise ValueError(f"array dtype {arr.dtype} is not real numbers")
-    return arr.astype(np.float32)
+    return arr if keep_dtype else arr.astype(np.float32)
 
 
-def _decode_file(path: tf.Tensor, file_kind: str, channels: int, image_key: str) -> tf.Tensor:
+def _decode_file(path: tf.Tensor, file_kind: str, channels: int, image_key: str, hdu=None) -> tf.Tensor:
     if file_kind == "array":
         img = tf.numpy_function(lambda p: load_array(p.decode("utf-8"), image_key), [path], tf.float32, stateful=False)
+        return tf.ensure_shape(img, [None, None, channels])
+    if file_kind == "fits":
+        img = tf.numpy_function(lambda p: fits_lib.load(p.decode("utf-8"), hdu), [path], tf.float32, stateful=False)
         return tf.ensure_shape(img, [None, None, channels])
     img = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
     return tf.cast(img, tf.float32)
@@ -174,47 +193,103 @@ def _too_small(paths, shapes, data) -> List[dict]:
     return out
 
 
-def _scan_arrays(paths: List[str], data) -> List[dict]:
-    def check(i):
-        try:
-            arr = load_array(paths[i], data.image_key)
-        except Exception as e:  # noqa: BLE001 - a corrupt array file is reported, not raised
-            return i, None, f"unreadable array: {' '.join(str(e).split())[:160] or type(e).__name__}"
-        if arr.shape[-1] != data.channels:
-            return i, None, f"has {arr.shape[-1]} bands (shape {arr.shape}) but data.channels is {data.channels}"
-        if not np.isfinite(arr).all():
-            return i, None, "contains NaN or inf values"
-        return i, arr.shape[:2], None
+def array_problem(arr: np.ndarray, data) -> Tuple[Optional[str], int]:
+    """Why a decoded (H, W, C) array cannot be used under ``data`` (None if it can), and its NaN count."""
+    if arr.shape[-1] != data.channels:
+        return f"has {arr.shape[-1]} bands (shape {arr.shape}) but data.channels is {data.channels}", 0
+    if not np.issubdtype(arr.dtype, np.floating):
+        return None, 0
+    nan = np.isnan(arr)
+    n_nan = int(nan.sum())
+    n_inf = int(np.isinf(arr).sum())
+    if n_inf:
+        return f"contains {n_inf} infinite values (NaN marks masked pixels; inf is not a flux)", n_nan
+    if n_nan and data.nan == "error":
+        return (f"has {n_nan} NaN pixels of {arr.size} (masked pixels?); set data.nan: zero or median to fill them"), n_nan
+    if n_nan and data.nan == "median":
+        empty = [k for k in range(arr.shape[-1]) if nan[..., k].all()]
+        if empty:
+            return f"band {empty[0]} is all NaN: data.nan: median has no value to fill it with (use zero, or drop the file)", n_nan
+    return None, n_nan
 
-    bad, shapes = [], {}
+
+def _scan_arrays(paths: List[str], data, file_kind: str) -> Tuple[List[dict], Dict[str, int], List[str], List[int]]:
+    """(bad files, NaN count per file that has any, distinct dtypes of the readable files, FITS HDUs read)."""
+    def check(i):
+        hdu = None
+        try:
+            if file_kind == "fits":
+                with tf.io.gfile.GFile(paths[i], "rb") as f:
+                    arr, hdu, _ = fits_lib.read_fits(f.read(), data.fits.hdu)
+            else:
+                arr = load_array(paths[i], data.image_key, keep_dtype=True)
+        except fits_lib.FitsError as e:
+            return i, None, str(e), 0, None, None
+        except Exception as e:  # noqa: BLE001 - a corrupt array file is reported, not raised
+            return i, None, f"unreadable array: {' '.join(str(e).split())[:160] or type(e).__name__}", 0, None, None
+        reason, n_nan = array_problem(arr, data)
+        return i, arr.shape[:2], reason, n_nan, arr.dtype.name, hdu
+
+    bad, shapes, nans, dtypes, hdus = [], {}, {}, set(), set()
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for i, hw, reason in pool.map(check, range(len(paths))):
+        for i, hw, reason, n_nan, dtype, hdu in pool.map(check, range(len(paths))):
+            if n_nan:
+                nans[paths[i]] = n_nan
             if reason:
                 bad.append({"path": paths[i], "reason": reason})
             else:
                 shapes[i] = hw
-    return bad + _too_small(paths, shapes, data)
+                dtypes.add(dtype)
+                if hdu is not None:
+                    hdus.add(hdu)
+    return bad + _too_small(paths, shapes, data), nans, sorted(dtypes), sorted(hdus)
+
+
+def _scan_hdf5(source: Source, data) -> dict:
+    from keras_tl.data import hdf5
+
+    st = os.stat(data.path)
+    key = ("hdf5", os.path.realpath(data.path), st.st_mtime_ns, st.st_size, data.hdf5.images, data.channels, data.nan)
+    if key not in _SCAN_CACHE:
+        t0 = time.perf_counter()
+        bad, nans = hdf5.scan(data.path, data.hdf5.images, source.hdf5, data)
+        note = None if np.issubdtype(np.dtype(source.hdf5["dtype"]), np.floating) else f"{source.hdf5['dtype']} images hold no NaN: not read"
+        _SCAN_CACHE[key] = {"checked": source.hdf5["n"] if note is None else 0, "bad": bad, "nan_counts": nans,
+                            "dtypes": [source.hdf5["dtype"]], "seconds": round(time.perf_counter() - t0, 3),
+                            **({"note": note} if note else {})}
+    return _SCAN_CACHE[key]
 
 
 def _scan_source(source: Source, data) -> dict:
-    if source.kind != "files":
-        return {"checked": 0, "bad": [], "seconds": 0.0, "note": f"{source.kind} data are not scanned"}
-    paths = source.pools["train"].paths
-    key = (tuple(paths), source.file_kind, data.channels, tuple(data.image_size), data.resize, data.image_key)
-    if key in _SCAN_CACHE:
-        result = _SCAN_CACHE[key]
+    if source.kind == "hdf5":
+        result = _scan_hdf5(source, data)
+        total, unit = source.hdf5["n"], "images"
+    elif source.kind != "files":
+        return {"checked": 0, "bad": [], "skipped_files": [], "nan_counts": {}, "seconds": 0.0,
+                "note": f"{source.kind} data are not scanned"}
     else:
-        t0 = time.perf_counter()
-        bad = _scan_images(paths, data) if source.file_kind == "image" else _scan_arrays(paths, data)
-        bad.sort(key=lambda b: b["path"])
-        result = {"checked": len(paths), "bad": bad, "seconds": round(time.perf_counter() - t0, 3)}
-        _SCAN_CACHE[key] = result
-        while len(_SCAN_CACHE) > 4:
-            _SCAN_CACHE.popitem(last=False)
+        paths = source.pools["train"].paths
+        key = (tuple(paths), source.file_kind, data.channels, tuple(data.image_size), data.resize, data.image_key,
+               data.nan, data.fits.hdu)
+        if key in _SCAN_CACHE:
+            result = _SCAN_CACHE[key]
+        else:
+            t0 = time.perf_counter()
+            if source.file_kind == "image":
+                bad, nans, dtypes, hdus = _scan_images(paths, data), {}, ["uint8"], []
+            else:
+                bad, nans, dtypes, hdus = _scan_arrays(paths, data, source.file_kind)
+            bad.sort(key=lambda b: b["path"])
+            result = {"checked": len(paths), "bad": bad, "nan_counts": nans, "dtypes": dtypes,
+                      "seconds": round(time.perf_counter() - t0, 3), **({"fits_hdus": hdus} if source.file_kind == "fits" else {})}
+            _SCAN_CACHE[key] = result
+        total, unit = len(paths), "files"
+    while len(_SCAN_CACHE) > 4:
+        _SCAN_CACHE.popitem(last=False)
     if result["bad"] and data.on_bad_file == "error":
         first = result["bad"][0]
         raise DataError(
-            f"data.path: bad file {first['path']}: {first['reason']} ({len(result['bad'])} bad of {len(paths)} files); "
+            f"data.path: bad file {first['path']}: {first['reason']} ({len(result['bad'])} bad of {total} {unit}); "
             f"fix or remove it, or set data.on_bad_file: skip to drop bad files (they are listed in run.json)"
         )
     return {**result, "skipped_files": list(result["bad"])}
@@ -224,10 +299,12 @@ def scan(recipe) -> dict:
     """Decode every file of a directory source once, before training.
 
     Returns ``{"checked": n, "bad": [{"path", "reason"}], "skipped_files": (same list),
-    "seconds": s}``. With
+    "nan_counts": {path: NaN pixels}, "dtypes": [...], "seconds": s}``. With
     ``data.on_bad_file: error`` any bad file raises DataError naming the first one
     and the count; with ``skip`` they are returned (build_datasets drops them).
-    TFDS and synthetic sources are not scanned (``checked`` is 0).
+    A file with NaN pixels is bad under ``data.nan: error``. An HDF5 source is read block by
+    block (float images only; an image is named ``file.h5:images[row]``). TFDS and synthetic
+    sources are not scanned (``checked`` is 0).
     """
     return _scan_source(load_source(recipe.data), recipe.data)
 
@@ -267,17 +344,35 @@ def _make_splits(source: Source, data) -> Tuple[Dict[str, Pool], dict]:
 # -------------------------------------------------------------------- pipeline
 
 
+def to_input_size(image: tf.Tensor, size: Tuple[int, int], mode: str, nan: str) -> tf.Tensor:
+    """A decoded image at the model's input size: NaN pixels filled first under ``nan`` (zero |
+    median; a bilinear resize would spread them), then :func:`resize`. keras_tl.predict calls this."""
+    if nan != "error":
+        image = scale_lib.fill_nan(image, nan)
+    return resize(image, size, mode)
+
+
 def _element_dataset(source: Source, pool: Pool, data, full_size: Dict[str, int], ordered: bool) -> tf.data.Dataset:
-    """(image float32 [H, W, C] resized, label int32) per example, unbatched; ``ordered``
-    keeps the pool's order even under data.deterministic: false."""
+    """(image float32 [H, W, C] at the input size, before the input transform, label int32) per
+    example, unbatched; ``ordered`` keeps the pool's order even under data.deterministic: false."""
     det = True if ordered else None
-    size, mode, ch = tuple(data.image_size), data.resize, data.channels
+    size, mode, ch, nan = tuple(data.image_size), data.resize, data.channels, data.nan
     labels = pool.labels.astype(np.int32)
     if source.kind == "files":
         ds = tf.data.Dataset.from_tensor_slices((tf.constant(pool.paths, tf.string), labels))
-        fk, key = source.file_kind, data.image_key
+        fk, key, hdu = source.file_kind, data.image_key, data.fits.hdu
         return ds.map(
-            lambda p, y: (resize(_decode_file(p, fk, ch, key), size, mode), y),
+            lambda p, y: (to_input_size(_decode_file(p, fk, ch, key, hdu), size, mode, nan), y),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=det,
+        )
+    if source.kind == "hdf5":
+        from keras_tl.data import hdf5
+
+        ds = hdf5.element_dataset(data.path, data.hdf5.images, pool.indices, labels, source.hdf5)
+        native = source.native_channels
+        return ds.map(
+            lambda x, y: (to_input_size(adapt_channels(tf.cast(x, tf.float32), native, ch), size, mode, nan), y),
             num_parallel_calls=AUTOTUNE,
             deterministic=det,
         )
@@ -365,21 +460,27 @@ def build_datasets(
     drop_remainder: bool = False,
     augment: bool = True,
     shuffle: bool = True,
+    scanned: Optional[dict] = None,
 ) -> Datasets:
     """Train/val/test datasets for ``recipe`` (see the module docstring for the element format).
 
     ``global_batch_size`` overrides ``data.batch_size`` (the runtime passes per-replica ×
     replicas). Bad files are found before any dataset is built (see :func:`scan`).
-    Augmentation and shuffling apply to train only, seeded from ``recipe.seed``.
+    Augmentation and shuffling apply to train only, seeded from ``recipe.seed``. ``scanned``:
+    :func:`scan`'s result for this recipe, when the caller has it (the files are not read again).
     """
     data = recipe.data
     source = load_source(data)
-    scan_result = _scan_source(source, data)
+    scan_result = scanned if scanned is not None else _scan_source(source, data)
     skipped = scan_result["bad"]
     if skipped:
-        drop = {b["path"] for b in skipped}
         pool = source.pools["train"]
-        keep = np.asarray([i for i, p in enumerate(pool.paths) if p not in drop], np.int64)
+        if source.kind == "hdf5":
+            drop_rows = {b["row"] for b in skipped}
+            keep = np.asarray([i for i, r in enumerate(pool.indices.tolist()) if r not in drop_rows], np.int64)
+        else:
+            drop = {b["path"] for b in skipped}
+            keep = np.asarray([i for i, p in enumerate(pool.paths) if p not in drop], np.int64)
         if len(keep) == 0:
             raise DataError(f"data.path: all {len(pool)} files are bad (first: {skipped[0]['path']}: {skipped[0]['reason']})")
         pool = pool.select(keep)
@@ -387,6 +488,11 @@ def build_datasets(
         if empty:
             raise DataError(f"data.path: class {empty[0]!r} has no readable files after skipping bad ones; see the bad-file list")
         source.pools["train"] = pool
+    if source.kind == "files" and source.file_kind in ("array", "fits"):
+        # Arrays and FITS hold whatever dtype was stored; all-uint8 files are 8-bit pixels.
+        source.eight_bit = scan_result.get("dtypes") == ["uint8"]
+    transform = scale_lib.resolve(data, source.eight_bit)
+    transform_tag = hashlib.sha256(json.dumps(transform, sort_keys=True).encode()).hexdigest()[:8]
     full_size = {p.tfds_split: len(p) for p in source.pools.values() if p.tfds_split}
     pools, origin = _make_splits(source, data)
     batch_size = int(global_batch_size or data.batch_size)
@@ -408,18 +514,23 @@ def build_datasets(
                     f"data.batch_size: the {s} split has {n} examples, fewer than the global batch size {batch_size}; "
                     f"with static shapes (TPU) every batch must be full: lower data.batch_size or add data"
                 )
-    clip_max = 255.0 if source.eight_bit else None
+    # Scaled data are in 0..255 like 8-bit pixels: augmentation clips to that range too.
+    clip_max = 255.0 if source.eight_bit or transform["scale"]["method"] != "none" else None
     out = {}
     train_in_order = None
+    serving = {}
     for i, s in enumerate(SPLITS):
         if s not in counts:
             out[s] = None
             continue
         is_train = s == "train"
         ordered = not (is_train and shuffle)
-        ds = _element_dataset(source, pools[s], data, full_size, ordered)
+        raw = _element_dataset(source, pools[s], data, full_size, ordered)
+        serving[s] = raw
+        ds = raw.map(lambda x, y: (scale_lib.apply(x, transform), y), num_parallel_calls=AUTOTUNE,
+                     deterministic=True if ordered else None)
         common = dict(seed=int(recipe.seed) * 7 + i, batch_size=batch_size, drop_remainder=drop_remainder, clip_max=clip_max,
-                      cache_tag=f"{hashes[s]}-{data.image_size[0]}x{data.image_size[1]}-{data.resize}-{data.channels}")
+                      cache_tag=f"{hashes[s]}-{data.image_size[0]}x{data.image_size[1]}-{data.resize}-{data.channels}-{transform_tag}")
         train_aug = is_train and augment and augment_lib.is_active(data.augment)
         out[s] = _finish(ds, s, counts[s], data, ordered=ordered, train_aug=train_aug, shuffle=is_train and shuffle, **common)
         if is_train:
@@ -428,6 +539,7 @@ def build_datasets(
             train_in_order = out[s] if ordered and not train_aug else _finish(
                 ds, s, counts[s], data, ordered=True, train_aug=False, shuffle=False, cache=False, **common)
     class_weights = split_lib.balanced_class_weights(class_counts["train"]) if data.class_weights else None
+    nan_counts = scan_result.get("nan_counts", {})
     info = {
         "source": source.description,
         "split_hash": hashes,
@@ -435,11 +547,23 @@ def build_datasets(
         "skipped_files": skipped,
         "ignored_files": source.ignored_files[:100],
         "num_ignored_files": len(source.ignored_files),
-        "scan": {k_: v for k_, v in scan_result.items() if k_ not in ("bad", "skipped_files")},
+        "scan": {k_: v for k_, v in scan_result.items() if k_ not in ("bad", "skipped_files", "nan_counts")},
         "batch_size": batch_size,
         "drop_remainder": drop_remainder,
         "augment": bool(augment and augment_lib.is_active(data.augment)),
+        "nan": {
+            "policy": data.nan,
+            "checked": scan_result["checked"],
+            "examples_with_nan": len(nan_counts),
+            "nan_pixels": int(sum(nan_counts.values())),
+            "examples": [{"path": k, "nan_pixels": v} for k, v in sorted(nan_counts.items())[:100]],
+        },
+        "scale": scale_lib.describe(data, source.eight_bit),
+        "input_transform": transform,
     }
+    if source.kind == "files" and source.file_kind == "fits":
+        info["fits_hdu"] = {"requested": data.fits.hdu if data.fits.hdu is not None else "first HDU with image data",
+                            "read": scan_result.get("fits_hdus", [])}
     return Datasets(
         train=out["train"],
         val=out["val"],
@@ -450,4 +574,6 @@ def build_datasets(
         class_weights=class_weights,
         info=info,
         train_in_order=train_in_order,
+        input_transform=transform,
+        serving_images=serving.get("val", serving["train"]),
     )

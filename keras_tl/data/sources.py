@@ -20,12 +20,14 @@ from keras_tl.errors import DataError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 ARRAY_EXTS = (".npy", ".npz")
+FITS_EXTS = (".fits", ".fits.gz", ".fz")
+KNOWN_EXTS = IMAGE_EXTS + ARRAY_EXTS + FITS_EXTS
 
 
 @dataclasses.dataclass
 class Pool:
     """The examples of one split: ids (stable, unique), int labels, and a payload:
-    ``paths`` (directory), ``indices`` (synthetic: example numbers) or ``tfds_split``."""
+    ``paths`` (directory), ``indices`` (synthetic: example numbers; hdf5: row numbers) or ``tfds_split``."""
 
     ids: List[str]
     labels: np.ndarray
@@ -50,8 +52,10 @@ class Pool:
 
 @dataclasses.dataclass
 class Source:
-    """Examples as the source provides them. ``kind``: files | synthetic | tfds.
-    ``file_kind`` (files): image | array. ``eight_bit``: pixel values are 0..255."""
+    """Examples as the source provides them. ``kind``: files | synthetic | tfds | hdf5.
+    ``file_kind`` (files): image | array | fits. ``eight_bit``: pixel values are 0..255 (for
+    array and FITS files the pre-training scan settles it from the files' dtypes).
+    ``hdf5``: what :func:`keras_tl.data.hdf5.inspect` found."""
 
     kind: str
     class_names: Tuple[str, ...]
@@ -62,6 +66,7 @@ class Source:
     ignored_files: List[str] = dataclasses.field(default_factory=list)
     builder: Any = None
     native_channels: Optional[int] = None
+    hdf5: Optional[dict] = None
 
 
 def load_source(data) -> Source:
@@ -72,7 +77,9 @@ def load_source(data) -> Source:
         return tfds_source(data)
     if data.source == "synthetic_galaxies":
         return synthetic_source(data)
-    raise DataError(f"data.source: unknown source {data.source!r}; valid: directory, tfds, synthetic_galaxies")
+    if data.source == "hdf5":
+        return hdf5_source(data)
+    raise DataError(f"data.source: unknown source {data.source!r}; valid: directory, tfds, synthetic_galaxies, hdf5")
 
 
 # ------------------------------------------------------------------ directory
@@ -97,7 +104,7 @@ def directory_source(data) -> Source:
     entries = sorted(e.rstrip("/") for e in tf.io.gfile.listdir(root))
     class_names = tuple(e for e in entries if not e.startswith(".") and tf.io.gfile.isdir(_join(root, e)))
     if not class_names:
-        loose = [e for e in entries if e.lower().endswith(IMAGE_EXTS + ARRAY_EXTS)]
+        loose = [e for e in entries if e.lower().endswith(KNOWN_EXTS)]
         hint = f" (found {len(loose)} files directly in it)" if loose else ""
         raise DataError(f"data.path: {root} has no class subfolders{hint}; expected {root}/<class name>/<images>")
     odd = [c for c in class_names if not c.isprintable()]
@@ -116,7 +123,7 @@ def directory_source(data) -> Source:
                 full = _join(dirpath, f)
                 if f.startswith("."):
                     continue
-                if not f.lower().endswith(IMAGE_EXTS + ARRAY_EXTS):
+                if not f.lower().endswith(KNOWN_EXTS):
                     ignored.append(full)
                     continue
                 rel = posixpath.join(cls, posixpath.relpath(full.replace("\\", "/"), cdir.replace("\\", "/")))
@@ -126,19 +133,23 @@ def directory_source(data) -> Source:
                 found += 1
         if not found:
             raise DataError(
-                f"data.path: class folder {cdir} has no images ({', '.join(IMAGE_EXTS + ARRAY_EXTS)}); add some or remove the folder"
+                f"data.path: class folder {cdir} has no images ({', '.join(KNOWN_EXTS)}); add some or remove the folder"
             )
-    n_arr = sum(p.lower().endswith(ARRAY_EXTS) for p in paths)
-    if 0 < n_arr < len(paths):
-        first = next(p for p in paths if p.lower().endswith(ARRAY_EXTS))
+    kinds = {}
+    for p in paths:
+        low = p.lower()
+        kinds.setdefault("fits" if low.endswith(FITS_EXTS) else "array" if low.endswith(ARRAY_EXTS) else "image", p)
+    if len(kinds) > 1:
+        what = {"image": "image files", "array": ".npy/.npz arrays", "fits": "FITS files"}
+        a, b = [k for k in ("image", "array", "fits") if k in kinds][:2]
         raise DataError(
-            f"data.path: {root} mixes image files and .npy/.npz arrays (e.g. {first}); their pixel units differ, convert one kind"
+            f"data.path: {root} mixes {what[a]} and {what[b]} (e.g. {kinds[b]}); their pixel units differ, convert one kind"
         )
-    file_kind = "array" if n_arr else "image"
+    file_kind = next(iter(kinds)) if kinds else "image"
     if file_kind == "image" and data.channels not in (1, 3, 4):
         raise DataError(
             f"data.channels: {data.channels} but {root} holds image files (1, 3 or 4 channels); "
-            f"store {data.channels}-band data as .npy/.npz arrays of shape (H, W, {data.channels})"
+            f"store {data.channels}-band data as FITS cubes (C, H, W) or .npy/.npz arrays of shape (H, W, {data.channels})"
         )
     pool = Pool(ids=ids, labels=np.asarray(labels, np.int64), paths=paths)
     return Source(
@@ -256,4 +267,32 @@ def synthetic_source(data) -> Source:
         pools={"train": pool},
         description=f"synthetic_galaxies count={cfg.count} survey={cfg.survey} seed={cfg.seed} output={cfg.output} noise_scale={cfg.noise_scale}",
         eight_bit=cfg.output == "uint8",
+    )
+
+
+# ----------------------------------------------------------------------- hdf5
+
+
+def hdf5_source(data) -> Source:
+    """One HDF5 file: ``data.hdf5.images`` (N, H, W[, C]) and ``data.hdf5.labels`` (N,); ids are row numbers."""
+    from keras_tl.data import hdf5
+
+    info = hdf5.inspect(data)
+    native = info["image_shape"][2]
+    eight_bit = info["dtype"] == "uint8"
+    if native != data.channels and not (eight_bit and native in (1, 3, 4) and data.channels in (1, 3)):
+        raise DataError(f"data.channels: {data.channels} but {data.hdf5.images!r} in {data.path} has {native} channels "
+                        f"(shape {info['image_shape']}); set data.channels: {native}")
+    rows = np.arange(info["n"], dtype=np.int64)
+    pool = Pool(ids=[str(i) for i in rows], labels=info["labels"], indices=rows)
+    h, w, c = info["image_shape"]
+    return Source(
+        kind="hdf5",
+        class_names=info["class_names"],
+        pools={"train": pool},
+        description=f"hdf5 {data.path}: {data.hdf5.images} {info['n']}x{h}x{w}x{c} {info['dtype']}, labels {data.hdf5.labels}, "
+                    f"{len(info['class_names'])} classes (names from {info['class_names_from']})",
+        eight_bit=eight_bit,
+        native_channels=native,
+        hdf5=info,
     )

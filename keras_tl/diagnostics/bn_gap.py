@@ -57,17 +57,3 @@ def bn_gap(backbone, moments: Mapping[str, Tuple[np.ndarray, np.ndarray]],
             out[key].append(float(np.mean([r[key] for r in mine])) if mine else None)
     return out
 
-
-def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets [N, D] (FID's formula)."""
-    from scipy import linalg
-
-    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    covmean = linalg.sqrtm(ca @ cb)
-    if not np.isfinite(covmean).all():  # near-singular product: regularise as the FID reference code does
-        off = np.eye(len(ca)) * 1e-6
-        covmean = linalg.sqrtm((ca + off) @ (cb + off))
-    covmean = np.real(covmean)
-    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(ca) + np.trace(cb) - 2.0 * np.trace(covmean))

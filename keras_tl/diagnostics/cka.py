@@ -8,7 +8,7 @@ computed here from n×n Gram matrices, so wide feature maps cost no more than na
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -88,3 +88,19 @@ def relative_weight_change(model0, model1, stage_of: Callable[[str], Optional[st
             for a, b in pairs(model0.get_layer(layer1.name), layer1):
                 add("head", a, b)
     return {s: (float(np.sqrt(num[s] / den[s])) if den[s] > 0 else float("inf") if num[s] > 0 else 0.0) for s in num}
+
+
+def cka_per_stage(model0, model1, images: np.ndarray, stage_order: Sequence[str], batch_size: int) -> Tuple[List[str], List[float]]:
+    """Linear CKA between two keras_tl models' stage outputs on the same ``images``, per stage
+    both models have (in ``stage_order``): (stages, cka). Each output is summarised by
+    :func:`spatial_summary` batch by batch, so memory stays at n × 16·C per stage."""
+    from keras_tl import model as model_lib
+
+    summaries: List[Dict[str, list]] = [{}, {}]
+    stage_models = [model_lib.stage_model(model0), model_lib.stage_model(model1)]
+    for i in range(0, len(images), batch_size):
+        for sm, acc in zip(stage_models, summaries):
+            for stage, fmap in sm(images[i:i + batch_size], training=False).items():
+                acc.setdefault(stage, []).append(spatial_summary(np.asarray(fmap, np.float32)))
+    stages = [s for s in stage_order if s in summaries[0] and s in summaries[1]]
+    return stages, [linear_cka(np.concatenate(summaries[0][s]), np.concatenate(summaries[1][s])) for s in stages]

@@ -16,6 +16,8 @@ from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
+from keras_tl import fs
+
 FORMAT_VERSION = 1
 # Incremented by every real forward pass over a split, so tests can prove a cache hit did none.
 FORWARD_PASSES = 0
@@ -218,6 +220,78 @@ class FeatureCache:
         tmp = f"{path}.tmp-{os.getpid()}.npz"
         np.savez(tmp, **arrays)
         os.replace(tmp, path)
-        with open(os.path.join(self.directory, f"{key}.json"), "w", encoding="utf-8") as fh:
-            json.dump({"format": FORMAT_VERSION, "key": key, "depends_on": description}, fh, indent=2, default=str)
+        fs.write_text(os.path.join(self.directory, f"{key}.json"),
+                      json.dumps({"format": FORMAT_VERSION, "key": key, "depends_on": description}, indent=2, default=str))
         return path
+
+
+# ------------------------------------------------------------- features of a recipe
+
+
+def weights_identity(info, seed: int) -> str:
+    """What the features of a weights source depend on: the file's sha256, or "none" + the seed."""
+    if info.source == "none":
+        import keras
+
+        return f"none:seed={seed}:keras={keras.__version__}"
+    return f"{info.source}:sha256={info.sha256}"
+
+
+def feature_key_parts(recipe, info, entry, data_info: dict) -> dict:
+    """Everything the cached features of ``recipe`` under weights ``info`` depend on (hashed into the key)."""
+    d = recipe.data
+    return {
+        "weights": weights_identity(info, recipe.seed),
+        "backbone": entry.name,
+        "preprocess": entry.preprocess,
+        "conv1_adapt": recipe.model.conv1_adapt if d.channels != 3 and info.source != "none" else None,
+        "image_size": list(d.image_size),
+        "channels": d.channels,
+        "resize": d.resize,
+        "source": data_info.get("source"),
+        "synthetic": dataclasses.asdict(d.synthetic) if d.source == "synthetic_galaxies" else None,
+        "split_hash": {s: data_info.get("split_hash", {}).get(s) for s in ("train", "val")},
+        "input_transform": data_info.get("input_transform"),  # data.nan + resolved data.scale
+    }
+
+
+def extract_splits(recipe, info, num_classes: int, datasets, *, log, label: str):
+    """One forward pass over train (with BN statistics) and val of ``recipe``'s model under
+    weights ``info``; returns ({"train", "val"}: SplitFeatures, {"bn_gap": gap or None})."""
+    import time
+
+    import keras
+
+    from keras_tl import model as model_lib
+    from keras_tl.diagnostics import bn_gap as gap_lib
+
+    keras.utils.set_random_seed(recipe.seed)  # weights: none is "none + seed": rebuildable
+    model = model_lib.build_model(recipe, num_classes, weights_info=info)
+    entry = model_lib.backbone_entry(model)
+    taps = taps_for(model, entry)
+    pretrained = info.source != "none"
+    tap_model = build_tap_model(model, taps, bn=pretrained)
+    t = time.time()
+    step = make_step(tap_model)
+    train = extract(tap_model, datasets.train, taps, bn=pretrained, step=step)
+    val = extract(tap_model, datasets.val, taps, bn=False, step=step)
+    log(f"keras_tl.probe: {label}: extracted {train.count}+{val.count} examples x {len(taps.stages)} stages in {time.time() - t:.1f}s")
+    extra = {"bn_gap": None}
+    if pretrained:
+        # Random init has no pretraining data behind its running statistics (0 and 1): no gap to measure.
+        extra["bn_gap"] = gap_lib.bn_gap(model.get_layer("backbone"), train.bn, dict(zip(taps.bn_layers, taps.bn_stages)),
+                                         taps.stages)
+    return {"train": train, "val": val}, extra
+
+
+def cached_splits(cache: FeatureCache, recipe, info, entry, datasets, *, log, label: str):
+    """:func:`extract_splits` through ``cache``: (key, hit, splits, extra)."""
+    parts = feature_key_parts(recipe, info, entry, datasets.info)
+    key = cache_key(parts)
+    cached = cache.load(key)
+    if cached is None:
+        splits, extra = extract_splits(recipe, info, len(datasets.class_names), datasets, log=log, label=label)
+        cache.save(key, splits, parts, extra)
+        return key, False, splits, extra
+    log(f"keras_tl.probe: {label}: features from the cache ({cache.path(key)})")
+    return key, True, cached[0], cached[1]

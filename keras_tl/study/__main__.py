@@ -13,7 +13,6 @@ written to the workdir after this worker's runs, marked PARTIAL while runs are m
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 
@@ -52,6 +51,7 @@ _define("bool", "measure_cost", False, "Measure seconds per image with a few tra
 
 def main(argv) -> int:
     del argv
+    from keras_tl import fs
     from keras_tl.study import adaptive, report, runner
     from keras_tl.study import plan as plan_lib
 
@@ -64,7 +64,8 @@ def main(argv) -> int:
     if FLAGS.measure_cost:
         spi, source = plan_lib.measure_seconds_per_image(plan.base), "measured now, every layer training"
     print(plan_lib.format_plan(plan, plan_lib.estimate_cost(plan, spi, source)), flush=True)
-    problems = [] if FLAGS.report_only else plan_lib.missing_weights(plan)
+    # A dry run only checks the cache; a real one downloads what is missing now, before the first run.
+    problems = [] if FLAGS.report_only else plan_lib.missing_weights(plan, fetch=not FLAGS.dry_run)
     if FLAGS.dry_run:
         for p in problems:
             print(f"  MISSING WEIGHTS: {p}", flush=True)
@@ -89,7 +90,7 @@ def main(argv) -> int:
                                   keep_going=FLAGS.keep_going, run_fn=run_fn)
         print(f"study: ran {len(res.ran)}, already done {len(res.skipped_done)}, claimed by other workers "
               f"{len(res.skipped_claimed)}, failed {len(res.failed)}", flush=True)
-    elif not runner.exists(os.path.join(workdir, "plan.json")):
+    elif not fs.exists(os.path.join(workdir, "plan.json")):
         raise UserError(f"--report_only: {workdir} holds no study (no plan.json); run the study first or fix --workdir")
     st = runner.status(plan, workdir)
     paths = report.build_report(plan, workdir)
@@ -97,12 +98,10 @@ def main(argv) -> int:
     return 0
 
 
-def _entry(argv):
-    try:
-        return main(argv)
-    except UserError as e:
-        print(f"keras_tl.study: error: {e}", file=sys.stderr)
-        sys.exit(2)
+def _entry(argv) -> int:
+    from keras_tl import cli
+
+    return cli.run(main, argv)
 
 
 if __name__ == "__main__":

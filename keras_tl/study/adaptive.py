@@ -181,13 +181,13 @@ def resolve_budget(workdir: str, given: Optional[Budget], log: Callable[[str], N
     import json
     import os
 
-    from keras_tl.study import runner
+    from keras_tl import fs
 
     path = os.path.join(workdir, BUDGET_FILE)
-    old = Budget(**json.loads(runner.read_text(path))) if runner.exists(path) else None
+    old = Budget(**json.loads(fs.read_text(path))) if fs.exists(path) else None
     if given is None or given == old:
         return old
-    runner.write_text(path, json.dumps(dataclasses.asdict(given)) + "\n")
+    fs.write_json(path, dataclasses.asdict(given))
     if old is not None:
         log(f"study: budget changed from {old} to {given}")
     return given
@@ -271,6 +271,7 @@ def run_adaptive(plan, workdir: str, *, design: sequential.Design, margin: Optio
     import os
     import time
 
+    from keras_tl import fs
     from keras_tl.errors import WorkdirError
     from keras_tl.study import runner
 
@@ -281,7 +282,7 @@ def run_adaptive(plan, workdir: str, *, design: sequential.Design, margin: Optio
     # Later rounds' runs do not exist yet, so run_plan's "already started" check cannot see that this
     # shard ran earlier rounds: a marker per shard does.
     marker = os.path.join(workdir, "claims", f"adaptive-shard{index}of{count}.started")
-    if not runner.create_exclusive(marker, f"{time.time()}\n") and not resume:
+    if not fs.create_exclusive(marker, f"{time.time()}\n") and not resume:
         raise WorkdirError(f"{workdir}: this adaptive study was already started here (shard {index}/{count}); pass --resume "
                            "to continue, or choose another --workdir")
     started = False

@@ -3,13 +3,14 @@
 A study recipe is an ordinary training recipe (``extends:`` and all) plus one
 ``study:`` section. The section is split off here and the rest goes through
 :mod:`keras_tl.recipe` unchanged, so the base recipe is exactly as strict as a
-training run. Every arm is the base recipe with a few ``--set``-style overrides;
-the runs of an arm differ only in ``seed`` (the seed index) and, with an
-``lr_grid``, the last phase's learning rate. Splits and subsets stay fixed
-because ``data.split_seed`` is never touched.
+training run; the section itself is built by the same strict loader (:class:`StudySection`)
+and ``--set study.*`` goes through the same override path. Every arm is the base recipe
+with a few ``--set``-style overrides; the runs of an arm differ only in ``seed`` (the seed
+index) and, with an ``lr_grid``, the last phase's learning rate. Splits and subsets stay
+fixed because ``data.split_seed`` is never touched.
 
 Axes (each a list; the plan is their product minus ``exclude``, or an explicit
-``arms:`` list):
+``arms:`` list). Each is one :class:`Axis` record in :data:`AXES`:
 
 ========================  =========================================================
 ``init``                  ``model.weights``: ``imagenet`` | ``none`` | a weights file
@@ -20,6 +21,9 @@ Axes (each a list; the plan is their product minus ``exclude``, or an explicit
 ``reinit``                ``model.reinit`` (a list of stages)
 ``data_fraction``         ``data.fraction``
 ``schedule_multiplier``   every phase's ``epochs`` × k (k·epochs must be a whole number)
+``vary``                  any recipe key: ``vary: {model.bn: [frozen, train]}``; the key
+                          itself is the axis (``baseline: {model.bn: frozen}``, and in
+                          ``arms:``/``exclude:`` entries)
 ========================  =========================================================
 """
 
@@ -31,27 +35,14 @@ import hashlib
 import itertools
 import json
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
-
-import yaml
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from keras_tl import recipe as recipe_lib
 from keras_tl.errors import UserError
 
-AXES = ("init", "freeze", "cut_after", "reinit", "data_fraction", "schedule_multiplier")
-STUDY_KEYS = AXES + (
-    "seeds",
-    "lr_grid",
-    "baseline",
-    "metric",
-    "arms",
-    "exclude",
-    "seconds_per_image",
-    "train_images",
-    "margin",
-)
-SEEDS_KEYS = ("min", "max", "step")
 MAX_RUNS = 100_000
+# Keys an axis may not vary: arms share splits and run seeds (the study sets those itself).
+RESERVED_KEYS = {"seed": "study.seeds sets the run seeds", "data.split_seed": "arms must share their splits"}
 
 # Rough CPU training cost (seconds per image, 64x64 px, 2 cores, batch 32, every layer training),
 # scaled by pixel count above 64 px. resnet101: DESIGN.md's ~50-60 images/s; mobilenetv3small:
@@ -66,6 +57,178 @@ DEFAULT_SECONDS_PER_IMAGE_FALLBACK = 0.0190
 # Per-run CPU seconds outside the training steps (model build, graph tracing, evaluation, export):
 # recipes/study_smoke.yaml used 241 CPU-s for 4 runs of 640 training images each (ResNet-50, 32 px).
 SECONDS_PER_RUN_OVERHEAD = 50.0
+
+
+# ---------------------------------------------------------------- axes
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+    """One study axis: how a value is checked, what it changes in the base recipe, how it reads.
+
+    ``check(value, base)`` returns the value normalised to plain JSON data or raises ValueError
+    with the reason; ``overrides(value, base)`` gives the ``--set`` strings that put the value into
+    ``base``; ``label(value)`` is the short text of arm ids, tables and the verdict; ``context``
+    (default: ``label``) the text of report sentences.
+    """
+
+    name: str
+    check: Callable[[Any, recipe_lib.Recipe], Any]
+    overrides: Callable[[Any, recipe_lib.Recipe], List[str]]
+    label: Callable[[Any], str]
+    context: Optional[Callable[[Any], str]] = None
+    label_names_axis: bool = False  # the label already says which axis ("bn=frozen")
+
+    def text(self, value) -> str:
+        return (self.context or self.label)(value)
+
+    def describe(self, value) -> str:
+        """``axis=value`` (the baseline in the plan and the report)."""
+        return self.label(value) if self.label_names_axis else f"{self.name}={self.label(value)}"
+
+
+def _json_value(v) -> str:
+    return json.dumps(v)
+
+
+def _last_phase(base: recipe_lib.Recipe) -> int:
+    return len(base.train.phases) - 1
+
+
+def freeze_spec(value: str):
+    """The ``trainable`` spec a ``freeze`` axis value stands for."""
+    if value == "head_only":
+        return "head"
+    if value == "all":
+        return "all"
+    return {"from": value[len("from_"):]}
+
+
+def init_weights(value) -> str:
+    return value["weights"] if isinstance(value, dict) else value
+
+
+def init_label(value) -> str:
+    if isinstance(value, dict):
+        return value["label"]
+    if value == "none":
+        return "scratch"
+    if value == "imagenet":
+        return "imagenet"
+    stem = re.split(r"[\\/]", value.rstrip("/"))[-1]
+    return "file:" + stem.split(".")[0]
+
+
+def _check_init(value, base):
+    if isinstance(value, dict):
+        if set(value) != {"label", "weights"} or not all(isinstance(v, str) and v for v in value.values()):
+            raise ValueError(f"a file arm is {{label: <name>, weights: <path>}}, got {value!r}")
+        return dict(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected imagenet, none, a weights file path or {{label, weights}}, got {value!r}")
+    return value
+
+
+def _check_freeze(value, base):
+    if not isinstance(value, str) or not (value in ("head_only", "all") or value.startswith("from_")):
+        close = difflib.get_close_matches(str(value), ["head_only", "all", "from_conv5", "from_conv4"], n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"expected head_only, all or from_<stage> (e.g. from_conv4), got {value!r}{hint}")
+    return value
+
+
+def _check_cut_after(value, base):
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"expected a stage name or null, got {value!r}")
+    return value
+
+
+def _check_reinit(value, base):
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise ValueError(f"each value is a list of stages such as [conv5] (or []), got {value!r}")
+    return list(value)
+
+
+def _check_fraction(value, base):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"each value must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_multiplier(value, base):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"each value must be a positive number, got {value!r}")
+    for i, ph in enumerate(base.train.phases):
+        e = ph.epochs * value
+        if abs(e - round(e)) > 1e-9 or round(e) < 1:
+            raise ValueError(f"{value!r} × train.phases.{i}.epochs ({ph.epochs}) = {e} is not a whole number of epochs")
+    return int(value) if float(value).is_integer() else float(value)
+
+
+AXES: Dict[str, Axis] = {a.name: a for a in (
+    Axis("init", _check_init, lambda v, base: [f"model.weights={_json_value(init_weights(v))}"], init_label),
+    Axis("freeze", _check_freeze,
+         lambda v, base: [f"train.phases.{_last_phase(base)}.trainable={_json_value(freeze_spec(v))}"],
+         lambda v: v, lambda v: f"freeze {v}"),
+    Axis("cut_after", _check_cut_after, lambda v, base: [f"model.cut_after={_json_value(v)}"],
+         lambda v: f"cut_after_{v}" if v else "full"),
+    Axis("reinit", _check_reinit, lambda v, base: [f"model.reinit={_json_value(list(v))}"],
+         lambda v: "reinit_" + "+".join(v) if v else "no_reinit"),
+    Axis("data_fraction", _check_fraction, lambda v, base: [f"data.fraction={_json_value(float(v))}"],
+         lambda v: f"{v:g}_data", lambda v: f"{v * 100:g}% data"),
+    Axis("schedule_multiplier", _check_multiplier,
+         lambda v, base: [f"train.phases.{i}.epochs={int(round(ph.epochs * v))}" for i, ph in enumerate(base.train.phases)],
+         lambda v: f"x{v:g}_epochs"),
+)}
+
+
+def _compact(value) -> str:
+    """A value as short text for labels: scalars as written, lists joined by +, mappings as k:v."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{_compact(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "+".join(_compact(v) for v in value) or "none"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def recipe_key_axis(key: str) -> Axis:
+    """The general axis over the recipe key ``key`` (dotted, e.g. ``model.bn``): each value is
+    checked by the recipe loader (unknown key, type, range); arm labels read ``bn=frozen``."""
+    short = next((p for p in reversed(key.split(".")) if not p.isdigit()), key)
+
+    def check(value, base):
+        if key in RESERVED_KEYS:
+            raise ValueError(f"{key} cannot be a study axis: {RESERVED_KEYS[key]}")
+        try:
+            recipe_lib.check_override(base, key, value)
+        except recipe_lib.RecipeError as e:
+            raise ValueError(str(e)) from None
+        return value
+
+    return Axis(key, check, lambda v, base: [f"{key}={_json_value(v)}"], lambda v: f"{short}={_compact(v)}",
+                label_names_axis=True)
+
+
+def axis_for(name: str) -> Axis:
+    """The axis called ``name``: a built-in one, else the axis over the recipe key ``name``."""
+    return AXES[name] if name in AXES else recipe_key_axis(name)
+
+
+def axis_overrides(axis: str, value: Any, base: recipe_lib.Recipe) -> List[str]:
+    """``--set`` strings that put ``value`` of ``axis`` into ``base``."""
+    return axis_for(axis).overrides(value, base)
+
+
+def value_label(axis: str, value: Any) -> str:
+    """Short human text for one axis value (used in slugs, tables and the verdict)."""
+    return axis_for(axis).label(value)
+
+
+# ---------------------------------------------------------------- the plan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +308,9 @@ class Plan:
                 return a
         raise KeyError(arm_id)
 
+    def runs_of(self, arm_id: str) -> Tuple[Run, ...]:
+        return tuple(r for r in self.runs if r.arm_id == arm_id)
+
     def reference_of(self, arm: Arm) -> Optional[Arm]:
         """The baseline arm ``arm`` is compared with: same values except the baseline's axes.
 
@@ -190,24 +356,44 @@ def _canon(obj) -> str:
 # ---------------------------------------------------------------- loading
 
 
+def _meta(lo=None, hi=None):
+    return {"min": lo, "max": hi}
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySection:
+    """The ``study:`` section's schema, built by the recipe loader (unknown keys, types, ranges).
+
+    The axis values are typed ``Any`` here: each :class:`Axis` checks its own.
+    """
+
+    init: Any = None
+    freeze: Any = None
+    cut_after: Any = None
+    reinit: Any = None
+    data_fraction: Any = None
+    schedule_multiplier: Any = None
+    vary: Optional[Dict[str, Any]] = None  # recipe key → values
+    seeds: Any = 3  # a number of seeds (1..1000), or {min, max, step} for adaptive seeds: checked by _seeds
+    lr_grid: Optional[Tuple[float, ...]] = None
+    baseline: Optional[Dict[str, Any]] = None
+    metric: str = "accuracy"
+    arms: Optional[Tuple[Dict[str, Any], ...]] = None
+    exclude: Optional[Tuple[Dict[str, Any], ...]] = None
+    seconds_per_image: Optional[float] = None
+    train_images: Optional[int] = dataclasses.field(default=None, metadata=_meta(1))
+    margin: Optional[float] = None  # equivalence margin (metric points), adaptive seeds only
+
+
+@dataclasses.dataclass(frozen=True)
+class _StudyFile:
+    """The root ``--set study.*`` overrides walk from."""
+
+    study: StudySection = dataclasses.field(default_factory=StudySection)
+
+
 def _fail(where: str, key: str, msg: str):
     raise UserError(f"{where}: study.{key}: {msg}")
-
-
-def _set_dotted(study: dict, item: str, where: str) -> None:
-    key, text = item.split("=", 1)
-    parts = key.strip().split(".")[1:]
-    if not parts or any(not p for p in parts):
-        raise UserError(f"--set {item}: expected study.<key>=value, e.g. --set study.seeds=2")
-    value = yaml.safe_load(text) if text.strip() else ""
-    node = study
-    for p in parts[:-1]:
-        child = node.get(p)
-        if not isinstance(child, dict):
-            child = {}
-            node[p] = child
-        node = child
-    node[parts[-1]] = value
 
 
 def load_study(path: str, overrides: Sequence[str] = ()) -> Tuple[recipe_lib.Recipe, StudyConfig]:
@@ -218,126 +404,147 @@ def load_study(path: str, overrides: Sequence[str] = ()) -> Tuple[recipe_lib.Rec
         raise UserError(f"{path}: no study: section (a mapping); add one, e.g. study: {{init: [imagenet, none], seeds: 3}}")
     study_over = [o for o in overrides if isinstance(o, str) and o.strip().startswith("study.") and "=" in o]
     recipe_over = [o for o in overrides if o not in study_over]
-    for item in study_over:
-        _set_dotted(study_raw, item, path)
-    raw = recipe_lib.apply_overrides(raw, recipe_over)
+    study_over = _set_mapping_entries(study_raw, study_over, path)
+    study_raw = recipe_lib.apply_overrides({"study": study_raw}, study_over, schema=_StudyFile, where=path)["study"]
+    raw = recipe_lib.apply_overrides(raw, recipe_over, where=path)
     base = recipe_lib.from_dict(raw, path)
     return base, parse_study(study_raw, base, path)
 
 
-def _as_list(where, key, value) -> tuple:
+def _set_mapping_entries(study_raw: dict, overrides: Sequence[str], where: str) -> List[str]:
+    """Apply ``study.vary.<recipe key>=v`` and ``study.baseline.<axis>=v``: one entry of that
+    mapping, whose key may hold dots and list indices (``study.vary.train.phases.1.lr=[...]``).
+    Values are read as every ``--set`` value is. Returns the other overrides."""
+    rest = []
+    for item in overrides:
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) > 2 and parts[1] in ("vary", "baseline") and all(parts[2:]):
+            mapping = study_raw.get(parts[1])
+            entry = {".".join(parts[2:]): recipe_lib.parse_value(text, f"{where}: --set {key.strip()}")}
+            study_raw[parts[1]] = {**(mapping if isinstance(mapping, dict) else {}), **entry}
+        else:
+            rest.append(item)
+    return rest
+
+
+def _as_list(where, key, value) -> list:
     if not isinstance(value, list) or not value:
         _fail(where, key, f"expected a non-empty list of values, got {value!r}")
-    return tuple(value)
+    return list(value)
 
 
-def _check_axis_value(where: str, axis: str, value: Any, base: recipe_lib.Recipe) -> Any:
-    """Normalise one axis value (or raise naming it); returns a JSON-able plain value."""
-    if axis == "init":
-        if isinstance(value, dict):
-            if set(value) != {"label", "weights"} or not all(isinstance(v, str) and v for v in value.values()):
-                _fail(where, axis, f"a file arm is {{label: <name>, weights: <path>}}, got {value!r}")
-            return dict(value)
-        if not isinstance(value, str) or not value:
-            _fail(where, axis, f"expected imagenet, none, a weights file path or {{label, weights}}, got {value!r}")
-        return value
-    if axis == "freeze":
-        if not isinstance(value, str) or not (value in ("head_only", "all") or value.startswith("from_")):
-            close = difflib.get_close_matches(str(value), ["head_only", "all", "from_conv5", "from_conv4"], n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            _fail(where, axis, f"expected head_only, all or from_<stage> (e.g. from_conv4), got {value!r}{hint}")
-        return value
-    if axis == "cut_after":
-        if value is not None and not isinstance(value, str):
-            _fail(where, axis, f"expected a stage name or null, got {value!r}")
-        return value
-    if axis == "reinit":
-        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-            _fail(where, axis, f"each value is a list of stages such as [conv5] (or []), got {value!r}")
-        return list(value)
-    if axis == "data_fraction":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-            _fail(where, axis, f"each value must be a number in (0, 1], got {value!r}")
-        return float(value)
-    if axis == "schedule_multiplier":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            _fail(where, axis, f"each value must be a positive number, got {value!r}")
-        for i, ph in enumerate(base.train.phases):
-            e = ph.epochs * value
-            if abs(e - round(e)) > 1e-9 or round(e) < 1:
-                _fail(where, axis, f"{value!r} × train.phases.{i}.epochs ({ph.epochs}) = {e} is not a whole number of epochs")
-        return int(value) if float(value).is_integer() else float(value)
-    raise AssertionError(axis)
+def _check_value(where: str, key: str, axis: str, value: Any, base: recipe_lib.Recipe) -> Any:
+    """``value`` of ``axis`` normalised by its Axis, or a UserError naming ``study.<key>``."""
+    try:
+        return axis_for(axis).check(value, base)
+    except ValueError as e:
+        _fail(where, key, str(e))
+
+
+def _flat_keys(mapping: dict, is_axis: Callable[[str], bool], prefix: str = "") -> dict:
+    """``{model: {bn: x}}`` (what ``--set study.baseline.model.bn=x`` builds) → ``{"model.bn": x}``;
+    a mapping under a name ``is_axis`` accepts is a value and stays whole."""
+    out = {}
+    for k, v in mapping.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict) and not is_axis(name):
+            out.update(_flat_keys(v, is_axis, name + "."))
+        else:
+            out[name] = v
+    return out
 
 
 def _check_mapping(where: str, key: str, value: Any, axes_ok: Sequence[str], base) -> Dict[str, Any]:
     if not isinstance(value, dict) or not value:
         _fail(where, key, f"expected a mapping of axis → value, e.g. {{init: none}}, got {value!r}")
     out = {}
-    for k, v in value.items():
+    for k, v in _flat_keys(value, lambda n: n in axes_ok).items():
         if k not in axes_ok:
             close = difflib.get_close_matches(str(k), list(axes_ok), n=1, cutoff=0.5)
             hint = f" (did you mean {close[0]}?)" if close else f" (study axes: {', '.join(axes_ok)})"
             _fail(where, f"{key}.{k}", f"not an axis of this study{hint}")
-        out[k] = _check_axis_value(where, k, v, base)
+        out[k] = _check_value(where, f"{key}.{k}", k, v, base)
     return out
+
+
+def _declared_axes(raw: dict, base, where: str) -> Dict[str, tuple]:
+    """The axis lists the section declares: the built-in ones, then every ``vary`` key."""
+    lists = {axis: (axis, raw[axis]) for axis in AXES if axis in raw}
+    for key, values in _flat_keys(raw.get("vary") or {}, lambda n: False).items():
+        if key in AXES:
+            _fail(where, f"vary.{key}", f"{key} is a study axis of its own; write study.{key}: [...]")
+        lists[key] = (f"vary.{key}", values)
+    axes = {}
+    for axis, (where_key, values) in lists.items():
+        norm = tuple(_check_value(where, where_key, axis, v, base) for v in _as_list(where, where_key, values))
+        if len({_canon(v) for v in norm}) != len(norm):
+            _fail(where, where_key, f"repeated value in {list(values)!r}")
+        axes[axis] = norm
+    return axes
+
+
+def _is_recipe_key(name: str) -> bool:
+    return "." in name
+
+
+def _explicit_arms(raw: dict, base, where: str) -> Tuple[tuple, Dict[str, tuple]]:
+    """The ``arms:`` list, each arm checked; (arms, axes derived from them). An arm sets built-in
+    axes and dotted recipe keys (``model.bn: train``)."""
+    arms = []
+    for i, a in enumerate(_as_list(where, "arms", raw["arms"])):
+        keys = _flat_keys(a, lambda n: n in AXES or _is_recipe_key(n)) if isinstance(a, dict) else {}
+        arms.append(_check_mapping(where, f"arms.{i}", a, list(AXES) + [k for k in keys if _is_recipe_key(k)], base))
+    named = list(AXES) + [k for arm in arms for k in arm if k not in AXES]
+    declared = list(dict.fromkeys(k for k in named if any(k in arm for arm in arms)))
+    for i, arm in enumerate(arms):
+        missing = [a for a in declared if a not in arm]
+        if missing:
+            _fail(where, f"arms.{i}", f"missing {', '.join(missing)}: every explicit arm sets the same axes ({', '.join(declared)})")
+    return tuple(arms), {a: tuple(_dedupe([arm[a] for arm in arms])) for a in declared}
+
+
+def _check_disjoint(axes: Dict[str, tuple], lr_grid, base, where: str) -> None:
+    """No recipe key is set by two axes (or by an axis and the lr_grid)."""
+    owner: Dict[str, str] = {}
+    if lr_grid:
+        owner[f"train.phases.{_last_phase(base)}.lr"] = "lr_grid"
+    for axis, values in axes.items():
+        for over in axis_for(axis).overrides(values[0], base):
+            key = over.split("=", 1)[0]
+            if key in owner:
+                _fail(where, axis if axis in AXES else f"vary.{axis}", f"sets {key}, which study.{owner[key]} sets too; vary it in one place")
+            owner[key] = axis
 
 
 def parse_study(raw: dict, base: recipe_lib.Recipe, where: str = "<study>") -> StudyConfig:
     """Check the ``study:`` mapping strictly; unknown keys name the closest valid key."""
-    for key in raw:
-        if key not in STUDY_KEYS:
-            close = difflib.get_close_matches(str(key), STUDY_KEYS, n=1, cutoff=0.5)
-            hint = f" (did you mean {close[0]}?)" if close else f" (valid keys: {', '.join(STUDY_KEYS)})"
-            _fail(where, str(key), f"unknown key{hint}")
-    axes = {}
-    for axis in AXES:
-        if axis in raw:
-            values = _as_list(where, axis, raw[axis])
-            norm = tuple(_check_axis_value(where, axis, v, base) for v in values)
-            if len({_canon(v) for v in norm}) != len(norm):
-                _fail(where, axis, f"repeated value in {list(values)!r}")
-            axes[axis] = norm
+    section = recipe_lib.build_section(StudySection, raw, where, "study")
+    axes = _declared_axes(raw, base, where)
     arms = None
     if raw.get("arms") is not None:
         if axes:
             _fail(where, "arms", f"give either axis lists ({', '.join(axes)}) or an explicit arms: list, not both")
-        arms_raw = _as_list(where, "arms", raw["arms"])
-        arms = tuple(_check_mapping(where, f"arms.{i}", a, AXES, base) for i, a in enumerate(arms_raw))
-        declared = [a for a in AXES if any(a in arm for arm in arms)]
-        for i, arm in enumerate(arms):
-            missing = [a for a in declared if a not in arm]
-            if missing:
-                _fail(where, f"arms.{i}", f"missing {', '.join(missing)}: every explicit arm sets the same axes ({', '.join(declared)})")
-        axes = {a: tuple(_dedupe([arm[a] for arm in arms])) for a in declared}
+        arms, axes = _explicit_arms(raw, base, where)
     if not axes:
-        _fail(where, "init", "the study varies nothing: declare at least one axis (init, freeze, cut_after, reinit, data_fraction, schedule_multiplier) or arms:")
-    seeds = raw.get("seeds", 3)
-    seeds_min = seeds_step = None
-    if isinstance(seeds, dict):
-        seeds, seeds_min, seeds_step = _adaptive_seeds(where, seeds)
-    elif isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= 1000:
-        _fail(where, "seeds", f"expected a whole number of seeds between 1 and 1000, or {{min: 3, max: 12}} for adaptive seeds, got {seeds!r}")
-    margin = raw.get("margin")
+        _fail(where, "init", f"the study varies nothing: declare at least one axis ({', '.join(AXES)}, vary) or arms:")
+    seeds, seeds_min, seeds_step = _seeds(where, section.seeds)
+    margin = section.margin
     if margin is not None:
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0:
+        if not margin > 0:
             _fail(where, "margin", f"expected a positive number of metric points (e.g. 2 for 2 accuracy points), got {margin!r}")
         if seeds_min is None:
             _fail(where, "margin", "equivalence is decided only with adaptive seeds; set seeds: {min: 3, max: 12}, or drop margin")
-        margin = float(margin)
-    lr_grid = raw.get("lr_grid") or ()
+    lr_grid = tuple(section.lr_grid or ())
     if lr_grid and seeds_min is not None:
         # The learning rate is picked on the mean over seeds, so it could change as seeds are added,
         # and the comparisons already decided would then be about other runs.
         _fail(where, "lr_grid", "cannot be combined with adaptive seeds ({min, max}); pick the rate first, or use a fixed number of seeds")
-    if lr_grid:
-        lr_grid = _as_list(where, "lr_grid", lr_grid)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 10 for v in lr_grid):
-            _fail(where, "lr_grid", f"expected learning rates in (0, 10], got {list(lr_grid)!r}")
-        lr_grid = tuple(float(v) for v in lr_grid)
-    metric = raw.get("metric", "accuracy")
-    if not isinstance(metric, str) or not re.fullmatch(r"[A-Za-z0-9_]+", metric):
-        _fail(where, "metric", f"expected a metric name such as accuracy or loss, got {metric!r}")
+    if not all(0 < v <= 10 for v in lr_grid):
+        _fail(where, "lr_grid", f"expected learning rates in (0, 10], got {list(lr_grid)!r}")
+    _check_disjoint(axes, lr_grid, base, where)
+    if not re.fullmatch(r"[A-Za-z0-9_]+", section.metric):
+        _fail(where, "metric", f"expected a metric name such as accuracy or loss, got {section.metric!r}")
     baseline = raw.get("baseline")
     if baseline is None:
         first = next(iter(axes))
@@ -350,30 +557,26 @@ def parse_study(raw: dict, base: recipe_lib.Recipe, where: str = "<study>") -> S
     exclude = tuple(
         _check_mapping(where, f"exclude.{i}", e, list(axes), base) for i, e in enumerate(_as_list(where, "exclude", raw["exclude"]))
     ) if raw.get("exclude") else ()
-    spi = raw.get("seconds_per_image")
-    if spi is not None and (isinstance(spi, bool) or not isinstance(spi, (int, float)) or spi <= 0):
+    spi = section.seconds_per_image
+    if spi is not None and spi <= 0:
         _fail(where, "seconds_per_image", f"expected a positive number, got {spi!r}")
-    n_train = raw.get("train_images")
-    if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 1):
-        _fail(where, "train_images", f"expected a positive whole number, got {n_train!r}")
-    return StudyConfig(
-        axes=axes,
-        seeds=seeds,
-        lr_grid=lr_grid,
-        baseline=baseline,
-        metric=metric,
-        arms=arms,
-        exclude=exclude,
-        seconds_per_image=float(spi) if spi is not None else None,
-        train_images=n_train,
-        seeds_min=seeds_min,
-        seeds_step=seeds_step,
-        margin=margin,
-    )
+    return StudyConfig(axes=axes, seeds=seeds, lr_grid=lr_grid, baseline=baseline, metric=section.metric,
+                       arms=arms, exclude=exclude, seconds_per_image=spi, train_images=section.train_images,
+                       seeds_min=seeds_min, seeds_step=seeds_step, margin=margin)
 
 
-def _adaptive_seeds(where: str, seeds: dict) -> Tuple[int, int, Optional[int]]:
-    """``seeds: {min, max, step}`` → (max, min, step), checked by :func:`keras_tl.study.sequential.schedule`."""
+SEEDS_KEYS = ("min", "max", "step")
+
+
+def _seeds(where: str, seeds: Any) -> Tuple[int, Optional[int], Optional[int]]:
+    """``study.seeds``: a number (→ (n, None, None)) or adaptive ``{min, max, step}`` (→ (max, min, step)),
+    the latter checked by :func:`keras_tl.study.sequential.schedule`."""
+    if not isinstance(seeds, dict):
+        if isinstance(seeds, bool) or not isinstance(seeds, int):
+            _fail(where, "seeds", f"expected an integer number of seeds (1..1000), or {{min: 3, max: 12}} for adaptive seeds, got {seeds!r}")
+        if not 1 <= seeds <= 1000:
+            _fail(where, "seeds", f"must be between 1 and 1000, got {seeds}")
+        return seeds, None, None
     from keras_tl.study import sequential
 
     for key in seeds:
@@ -404,69 +607,6 @@ def _dedupe(values):
 # ---------------------------------------------------------------- expansion
 
 
-def _json_value(v) -> str:
-    return json.dumps(v)
-
-
-def freeze_spec(value: str):
-    """The ``trainable`` spec a ``freeze`` axis value stands for."""
-    if value == "head_only":
-        return "head"
-    if value == "all":
-        return "all"
-    return {"from": value[len("from_"):]}
-
-
-def init_weights(value) -> str:
-    return value["weights"] if isinstance(value, dict) else value
-
-
-def init_label(value) -> str:
-    if isinstance(value, dict):
-        return value["label"]
-    if value == "none":
-        return "scratch"
-    if value == "imagenet":
-        return "imagenet"
-    stem = re.split(r"[\\/]", value.rstrip("/"))[-1]
-    return "file:" + stem.split(".")[0]
-
-
-def axis_overrides(axis: str, value: Any, base: recipe_lib.Recipe) -> List[str]:
-    """``--set`` strings that put ``value`` of ``axis`` into ``base``."""
-    last = len(base.train.phases) - 1
-    if axis == "init":
-        return [f"model.weights={_json_value(init_weights(value))}"]
-    if axis == "freeze":
-        return [f"train.phases.{last}.trainable={_json_value(freeze_spec(value))}"]
-    if axis == "cut_after":
-        return [f"model.cut_after={_json_value(value)}"]
-    if axis == "reinit":
-        return [f"model.reinit={_json_value(list(value))}"]
-    if axis == "data_fraction":
-        return [f"data.fraction={_json_value(float(value))}"]
-    if axis == "schedule_multiplier":
-        return [f"train.phases.{i}.epochs={int(round(ph.epochs * value))}" for i, ph in enumerate(base.train.phases)]
-    raise AssertionError(axis)
-
-
-def value_label(axis: str, value: Any) -> str:
-    """Short human text for one axis value (used in slugs, tables and the verdict)."""
-    if axis == "init":
-        return init_label(value)
-    if axis == "freeze":
-        return value
-    if axis == "cut_after":
-        return f"cut_after_{value}" if value else "full"
-    if axis == "reinit":
-        return "reinit_" + "+".join(value) if value else "no_reinit"
-    if axis == "data_fraction":
-        return f"{value:g}_data"
-    if axis == "schedule_multiplier":
-        return f"x{value:g}_epochs"
-    raise AssertionError(axis)
-
-
 def _slug(text: str, limit: int = 48) -> str:
     s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
     return s[:limit].rstrip("-.") or "arm"
@@ -474,6 +614,22 @@ def _slug(text: str, limit: int = 48) -> str:
 
 def _matches(values: dict, partial: dict) -> bool:
     return all(_canon(values.get(k)) == _canon(v) for k, v in partial.items())
+
+
+def _make_arm(combo: dict, axes: Sequence[str], varied: Sequence[str], base, source: str) -> Arm:
+    overrides: List[str] = []
+    for axis in axes:
+        overrides += axis_overrides(axis, combo[axis], base)
+    label = ", ".join(value_label(a, combo[a]) for a in (varied or axes))
+    digest = hashlib.sha256(_canon(sorted(overrides)).encode()).hexdigest()[:8]
+    arm_id = f"{_slug('_'.join(value_label(a, combo[a]) for a in (varied or axes)))}-{digest}"
+    try:
+        arm_recipe = recipe_lib.replace(base, overrides)
+    except UserError as e:
+        raise UserError(
+            f"{source}: study arm {{{label}}} is not a valid recipe: {e}; drop the combination with study.exclude or use an explicit arms: list"
+        ) from None
+    return Arm(id=arm_id, label=label, values=combo, overrides=tuple(overrides), recipe=arm_recipe)
 
 
 def expand(base: recipe_lib.Recipe, study: StudyConfig, source: str = "<study>", name: Optional[str] = None) -> Plan:
@@ -490,27 +646,16 @@ def expand(base: recipe_lib.Recipe, study: StudyConfig, source: str = "<study>",
     arms: List[Arm] = []
     seen_ids = {}
     for combo in combos:
-        overrides: List[str] = []
-        for axis in axes:
-            overrides += axis_overrides(axis, combo[axis], base)
-        label = ", ".join(value_label(a, combo[a]) for a in (varied or axes))
-        digest = hashlib.sha256(_canon(sorted(overrides)).encode()).hexdigest()[:8]
-        arm_id = f"{_slug('_'.join(value_label(a, combo[a]) for a in (varied or axes)))}-{digest}"
-        if arm_id in seen_ids:
-            raise UserError(f"{source}: study arms {seen_ids[arm_id]} and {label} are the same training recipe; remove one")
-        seen_ids[arm_id] = label
-        try:
-            arm_recipe = recipe_lib.replace(base, overrides)
-        except UserError as e:
-            raise UserError(
-                f"{source}: study arm {{{label}}} is not a valid recipe: {e}; drop the combination with study.exclude or use an explicit arms: list"
-            ) from None
-        arms.append(Arm(id=arm_id, label=label, values=combo, overrides=tuple(overrides), recipe=arm_recipe))
+        arm = _make_arm(combo, axes, varied, base, source)
+        if arm.id in seen_ids:
+            raise UserError(f"{source}: study arms {seen_ids[arm.id]} and {arm.label} are the same training recipe; remove one")
+        seen_ids[arm.id] = arm.label
+        arms.append(arm)
     lr_grid = study.lr_grid or (None,)
     n_runs = len(arms) * len(lr_grid) * study.seeds
     if n_runs > MAX_RUNS:
         raise UserError(f"{source}: the study expands to {n_runs} runs (more than {MAX_RUNS}); reduce axes or seeds")
-    last = len(base.train.phases) - 1
+    last = _last_phase(base)
     runs: List[Run] = []
     # Seed-major order: an interrupted study still holds complete, paired seed sets.
     for seed in range(study.seeds):
@@ -522,15 +667,7 @@ def expand(base: recipe_lib.Recipe, study: StudyConfig, source: str = "<study>",
                 runs.append(
                     Run(arm_id=arm.id, seed=seed, lr_index=None if lr is None else j, lr=lr, recipe=recipe_lib.replace(arm.recipe, over))
                 )
-    return Plan(
-        name=name or base.name,
-        source=source,
-        base=base,
-        study=study,
-        arms=tuple(arms),
-        runs=tuple(runs),
-        varied=varied,
-    )
+    return Plan(name=name or base.name, source=source, base=base, study=study, arms=tuple(arms), runs=tuple(runs), varied=varied)
 
 
 def load_plan(path: str, overrides: Sequence[str] = ()) -> Plan:
@@ -542,20 +679,24 @@ def load_plan(path: str, overrides: Sequence[str] = ()) -> Plan:
 # ---------------------------------------------------------------- inputs
 
 
-def missing_weights(plan: Plan) -> List[str]:
-    """One message per weights source (model.weights value) of the plan that cannot be provided."""
+def missing_weights(plan: Plan, *, fetch: bool = True) -> List[str]:
+    """One message per weights source (backbone and model.weights) of the plan that cannot be provided.
+
+    Each source is resolved once, here, before the first run: ImageNet files are downloaded
+    (``fetch``) and verified now, so the runs find them in the cache. ``fetch=False`` only checks.
+    """
     from keras_tl import weights as weights_lib
 
     seen, problems = set(), []
     for arm in plan.arms:
-        w = arm.recipe.model.weights
-        if w in seen:
+        key = (arm.recipe.model.backbone, arm.recipe.model.weights)
+        if key in seen:
             continue
-        seen.add(w)
+        seen.add(key)
         try:
-            weights_lib.resolve_weights(arm.recipe)
+            weights_lib.resolve_weights(arm.recipe, fetch=fetch)
         except UserError as e:
-            problems.append(f"arm {arm.id} (model.weights={w}): {e}")
+            problems.append(f"arm {arm.id} (model.weights={key[1]}): {e}")
     return problems
 
 
@@ -670,7 +811,7 @@ def format_plan(plan: Plan, cost: Cost) -> str:
     lines = [f"study {plan.name} ({plan.source}): {len(plan.arms)} arms × {seeds_text}"
              + (f" × {len(s.lr_grid)} learning rates" if s.lr_grid else "") + f" = {len(plan.runs)} runs",
              f"  varied: {', '.join(plan.varied) or '(single arm)'}; baseline: "
-             + ", ".join(f"{k}={value_label(k, v)}" for k, v in s.baseline.items())
+             + ", ".join(axis_for(k).describe(v) for k, v in s.baseline.items())
              + f"; metric: test {s.metric}" + (" (lr picked on validation)" if s.lr_grid else ""),
              f"  splits fixed by data.split_seed={plan.base.data.split_seed}; run seeds 0..{s.seeds - 1}",
              "  arms:"]

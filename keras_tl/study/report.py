@@ -18,9 +18,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from keras_tl import fs
 from keras_tl.errors import UserError
 from keras_tl.study import stats
-from keras_tl.study.plan import Plan, _canon, value_label
+from keras_tl.study.plan import Plan, _canon, axis_for
 
 PLOTS = ("data_size", "freeze_depth", "training_curves", "forest")
 PLOT_TITLES = {
@@ -52,16 +53,7 @@ def _value(metrics: dict, metric: str, split: str, key: str) -> Optional[float]:
 
 
 def _context_text(values: dict, axes: Sequence[str]) -> str:
-    parts = []
-    for a in axes:
-        v = values[a]
-        if a == "data_fraction":
-            parts.append(f"{v * 100:g}% data")
-        elif a == "freeze":
-            parts.append(f"freeze {v}")
-        else:
-            parts.append(value_label(a, v))
-    return ", ".join(parts)
+    return ", ".join(axis_for(a).text(values[a]) for a in axes)
 
 
 def _mean_sd_sum(xs: List[float]) -> Dict[str, Optional[float]]:
@@ -77,100 +69,24 @@ def analyze(plan: Plan, results: Dict[str, dict], *, seed: int = 0, n_boot: int 
     metric, hib = s.metric, s.higher_is_better
     splits = {("test" if isinstance(m.get("test"), dict) else "val") for m in results.values()}
     split = "test" if splits == {"test"} else ("val" if splits == {"val"} else "mixed")
-    by_arm: Dict[str, Dict[Optional[int], Dict[int, dict]]] = {}
-    for run in plan.runs:
-        m = results.get(run.key)
-        if m is not None:
-            by_arm.setdefault(run.arm_id, {}).setdefault(run.lr_index, {})[run.seed] = m
-
     arms_out, per_seed = [], {}
     for arm in plan.arms:
-        grid = by_arm.get(arm.id, {})
-        picked, lr_table = None, []
-        if s.lr_grid:
-            best = None
-            for j, lr in enumerate(s.lr_grid):
-                vals = [_value(m, metric, "val", f"{arm.id}/lr{j}/seed{k}") for k, m in grid.get(j, {}).items()]
-                vals = [v for v in vals if v is not None]
-                mean = float(np.mean(vals)) if vals else None
-                lr_table.append({"lr": lr, "val_mean": mean, "n": len(vals)})
-                if mean is not None and (best is None or (mean > best[1] if hib else mean < best[1])):
-                    best = (j, mean)
-            picked = best[0] if best else None
-        runs = grid.get(picked, {}) if s.lr_grid else grid.get(None, {})
-        seeds = sorted(runs)
-        values = {}
-        for k in seeds:
-            m = runs[k]
-            sp = "test" if isinstance(m.get("test"), dict) else "val"
-            v = _value(m, metric, sp, f"{arm.id}/seed{k}")
-            if v is not None:
-                values[k] = v
-        per_seed[arm.id] = values
-        summary = stats.t_interval([values[k] for k in sorted(values)])
-        arms_out.append({
-            "id": arm.id, "label": arm.label, "values": arm.values,
-            "seeds": sorted(values), "per_seed": [values[k] for k in sorted(values)],
-            "mean": summary["mean"], "sd": summary["sd"], "lo": summary["lo"], "hi": summary["hi"],
-            "lr_picked": s.lr_grid[picked] if picked is not None else None, "lr_selection": lr_table,
-            "images_seen": _mean_sd_sum([float(runs[k].get("images_seen", 0)) for k in seeds]),
-            "wall_time": _mean_sd_sum([float(runs[k].get("wall_time", 0.0)) for k in seeds]),
-            "history": _history_bands(runs, metric),
-        })
-
-    base_axes = list(s.baseline)
-    ctx_axes = [a for a in plan.varied if a not in base_axes]
-    seq_entries, adaptive_info = {}, None
+        summary, per_seed[arm.id] = _arm_summary(plan, arm, results)
+        arms_out.append(summary)
+    info = None
     if s.adaptive:
-        # Adaptive seeds: the comparisons' CIs, p-values and verdicts come from replaying the
-        # group-sequential looks on the finished runs (keras_tl.study.sequential), not from finalise.
-        from keras_tl.study import adaptive, sequential
-
-        design = s.design()
-        state, _, _ = adaptive.study_state(plan, results, design, margin=adaptive.margin(plan), budget=budget)
-        seq_entries = adaptive.summarise(state, {p.name: p for p in adaptive.pairs_of(plan)}, per_seed,
-                                         higher_is_better=hib, seed=seed, n_boot=n_boot)
-        missing = [r for r in adaptive.wanted_runs(plan, {p.name: p for p in adaptive.pairs_of(plan)}, state)
-                   if r.key not in results]
-        adaptive_info = {"method": sequential.METHOD, "design": design.to_json(), "margin": s.margin,
-                         "budget": str(budget) if budget is not None else None, "done": state.done and not missing,
-                         "look": state.round + 1, "looks": len(design.looks), "runs_missing": len(missing),
-                         "seeds_used": {k: tr.n for k, tr in state.tracks.items()}, "runs_max": len(plan.runs),
-                         "details": "docs/adaptive_seeds.md"}
-    comparisons = []
-    for arm in plan.arms:
-        ref = plan.reference_of(arm)
-        if ref is None:
-            continue
-        common = sorted(set(per_seed[arm.id]) & set(per_seed[ref.id]))
-        if s.adaptive:
-            common = list(range(seq_entries[arm.id]["seeds_used"]))
-        entry = {"arm_id": arm.id, "reference_id": ref.id,
-                 "a": _context_text(arm.values, base_axes), "b": _context_text(ref.values, base_axes),
-                 "context": _context_text(arm.values, ctx_axes), "values": arm.values, "seeds": common}
-        if s.adaptive:
-            entry.update(seq_entries[arm.id])
-        elif len(common) >= 1:
-            entry.update(stats.compare([per_seed[arm.id][k] for k in common], [per_seed[ref.id][k] for k in common],
-                                       higher_is_better=hib, seed=seed, n_boot=n_boot))
-        else:
-            entry.update({"n": 0, "mean": None, "ci_lo": None, "ci_hi": None, "p_t": None, "seeds_needed": None})
-        comparisons.append(entry)
-    if not s.adaptive:
-        stats.finalise(comparisons, hib)
-    for c in comparisons:
-        if c.get("n", 0) == 0:
-            c["verdict"] = "not run yet"
+        comparisons, info = _adaptive_comparisons(plan, results, per_seed, seed=seed, n_boot=n_boot, budget=budget)
+    else:
+        comparisons = _comparisons(plan, per_seed, seed=seed, n_boot=n_boot)
     runs_done = sum(1 for r in plan.runs if r.key in results)
-
     study = {
         "name": plan.name, "source": plan.source, "fingerprint": plan.fingerprint(),
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
         "metric": metric, "split": split, "higher_is_better": hib,
         "scale": _scale(metric)[0], "unit": _scale(metric)[1].strip(),
-        # Adaptive: the runs the study has needed so far (partial while a round is missing runs).
-        "runs_total": runs_done + adaptive_info["runs_missing"] if adaptive_info else len(plan.runs), "runs_done": runs_done,
-        "adaptive": adaptive_info,
+        # Adaptive seeds: the runs the study has needed so far (partial while a round misses runs).
+        "runs_total": runs_done + info["runs_missing"] if info else len(plan.runs), "runs_done": runs_done,
+        "adaptive": info,
         "seeds": s.seeds, "varied": list(plan.varied), "baseline": s.baseline,
         "lr_grid": list(s.lr_grid),
         "methods": {
@@ -190,21 +106,125 @@ def analyze(plan: Plan, results: Dict[str, dict], *, seed: int = 0, n_boot: int 
         "freeze": _freeze_table(plan, arms_out),
         "probe": probe,
     }
-    if adaptive_info:
-        study["methods"].update({
-            "seeds": f"adaptive: looks at {', '.join(map(str, adaptive_info['design']['looks']))} seeds per comparison; "
-                     "after each look, seeds are added only to the arms of comparisons still open",
-            "difference_ci": "paired by seed; 95% repeated confidence interval at the comparison's last look (valid whatever "
-                             "made the study stop; conservative after an early stop)",
-            "p_values": "sequential p-value (smallest level at which the design would have crossed at a look taken), "
-                        "Holm-adjusted across all comparisons; p (t) is the fixed-sample t-test of the seeds used, for reference only",
-            "verdict": "better/worse when Holm's step-down over the sequential tests rejects and the repeated CI excludes 0; "
-                       "equivalent when the 1 - 0.05/m repeated CI lies within the margin; else undecided (out of seeds or budget)",
-            "stopping rule": adaptive_info["method"] + " (details: docs/adaptive_seeds.md)",
-            "seeds_needed": "not used: the study adds seeds itself, up to the maximum",
-        })
+    if info:
+        study["methods"].update(ADAPTIVE_METHODS)
+        study["methods"]["seeds"] = (f"adaptive: looks at {', '.join(map(str, info['design']['looks']))} seeds per comparison; "
+                                     "after each look, seeds are added only to the arms of comparisons still open")
+        study["methods"]["stopping rule"] = info["method"] + " (details: docs/adaptive_seeds.md)"
     study["verdict"] = verdict_paragraph(study)
     return study
+
+
+def _arm_summary(plan: Plan, arm, results: Dict[str, dict]) -> Tuple[dict, Dict[int, float]]:
+    """One arm's study.json entry (at its picked learning rate) and its metric per seed."""
+    s = plan.study
+    grid: Dict[Optional[int], Dict[int, Tuple[str, dict]]] = {}  # lr index → seed → (run key, metrics)
+    for run in plan.runs_of(arm.id):
+        if run.key in results:
+            grid.setdefault(run.lr_index, {})[run.seed] = (run.key, results[run.key])
+    picked, lr_table = _pick_lr(s, grid) if s.lr_grid else (None, [])
+    runs = {k: m for k, (_, m) in grid.get(picked, {}).items()}
+    values = {}
+    for k in sorted(runs):
+        sp = "test" if isinstance(runs[k].get("test"), dict) else "val"
+        v = _value(runs[k], s.metric, sp, grid[picked][k][0])
+        if v is not None:
+            values[k] = v
+    summary = stats.t_interval([values[k] for k in sorted(values)])
+    return {
+        "id": arm.id, "label": arm.label, "values": arm.values,
+        "seeds": sorted(values), "per_seed": [values[k] for k in sorted(values)],
+        "mean": summary["mean"], "sd": summary["sd"], "lo": summary["lo"], "hi": summary["hi"],
+        "lr_picked": s.lr_grid[picked] if picked is not None else None, "lr_selection": lr_table,
+        "images_seen": _mean_sd_sum([float(runs[k].get("images_seen", 0)) for k in sorted(runs)]),
+        "wall_time": _mean_sd_sum([float(runs[k].get("wall_time", 0.0)) for k in sorted(runs)]),
+        "history": _history_bands(runs, s.metric),
+    }, values
+
+
+def _pick_lr(s, grid) -> Tuple[Optional[int], List[dict]]:
+    """The lr_grid index with the best mean validation metric, and the table it was picked from."""
+    best, table = None, []
+    for j, lr in enumerate(s.lr_grid):
+        vals = [_value(m, s.metric, "val", key) for key, m in grid.get(j, {}).values()]
+        vals = [v for v in vals if v is not None]
+        mean = float(np.mean(vals)) if vals else None
+        table.append({"lr": lr, "val_mean": mean, "n": len(vals)})
+        if mean is not None and (best is None or (mean > best[1] if s.higher_is_better else mean < best[1])):
+            best = (j, mean)
+    return (best[0] if best else None), table
+
+
+def _comparisons(plan: Plan, per_seed: Dict[str, Dict[int, float]], *, seed: int, n_boot: int) -> List[dict]:
+    """Every arm against its baseline arm, paired by seed, with the verdicts."""
+    hib = plan.study.higher_is_better
+    base_axes = list(plan.study.baseline)
+    ctx_axes = [a for a in plan.varied if a not in base_axes]
+    comparisons = []
+    for arm in plan.arms:
+        ref = plan.reference_of(arm)
+        if ref is None:
+            continue
+        common = sorted(set(per_seed[arm.id]) & set(per_seed[ref.id]))
+        entry = {"arm_id": arm.id, "reference_id": ref.id,
+                 "a": _context_text(arm.values, base_axes), "b": _context_text(ref.values, base_axes),
+                 "context": _context_text(arm.values, ctx_axes), "values": arm.values, "seeds": common}
+        if len(common) >= 1:
+            entry.update(stats.compare([per_seed[arm.id][k] for k in common], [per_seed[ref.id][k] for k in common],
+                                       higher_is_better=hib, seed=seed, n_boot=n_boot))
+        else:
+            entry.update({"n": 0, "mean": None, "ci_lo": None, "ci_hi": None, "p_t": None, "seeds_needed": None})
+        comparisons.append(entry)
+    stats.finalise(comparisons, hib)
+    for c in comparisons:
+        if c.get("n", 0) == 0:
+            c["verdict"] = "not run yet"
+    return comparisons
+
+
+def _adaptive_comparisons(plan: Plan, results: Dict[str, dict], per_seed: Dict[str, Dict[int, float]], *, seed: int,
+                          n_boot: int, budget) -> Tuple[List[dict], dict]:
+    """Adaptive seeds: every comparison's CI, p-values and verdict from replaying the group-sequential
+    looks on the finished runs (:mod:`keras_tl.study.sequential`), and the study's adaptive summary."""
+    from keras_tl.study import adaptive, sequential
+
+    s = plan.study
+    design = s.design()
+    pairs = {p.name: p for p in adaptive.pairs_of(plan)}
+    state, _, _ = adaptive.study_state(plan, results, design, margin=adaptive.margin(plan), budget=budget)
+    entries = adaptive.summarise(state, pairs, per_seed, higher_is_better=s.higher_is_better, seed=seed, n_boot=n_boot)
+    missing = [r for r in adaptive.wanted_runs(plan, pairs, state) if r.key not in results]
+    base_axes = list(s.baseline)
+    ctx_axes = [a for a in plan.varied if a not in base_axes]
+    comparisons = []
+    for arm in plan.arms:
+        ref = plan.reference_of(arm)
+        if ref is None:
+            continue
+        e = entries[arm.id]
+        comparisons.append({"arm_id": arm.id, "reference_id": ref.id, "a": _context_text(arm.values, base_axes),
+                            "b": _context_text(ref.values, base_axes), "context": _context_text(arm.values, ctx_axes),
+                            "values": arm.values, "seeds": list(range(e["seeds_used"])), **e})
+        if e["seeds_used"] == 0:
+            comparisons[-1]["verdict"] = "not run yet"
+    info = {"method": sequential.METHOD, "design": design.to_json(), "margin": s.margin,
+            "budget": str(budget) if budget is not None else None, "done": state.done and not missing,
+            "look": state.round + 1, "looks": len(design.looks), "runs_missing": len(missing),
+            "seeds_used": {k: tr.n for k, tr in state.tracks.items()}, "runs_max": len(plan.runs),
+            "details": "docs/adaptive_seeds.md"}
+    return comparisons, info
+
+
+ADAPTIVE_METHODS = {
+    "difference_ci": "paired by seed; 95% repeated confidence interval at the comparison's last look (valid whatever "
+                     "made the study stop; conservative after an early stop)",
+    "p_values": "sequential p-value (smallest level at which the design would have crossed at a look taken), "
+                "Holm-adjusted across all comparisons; p (t) in study.json is the fixed-sample t-test of the seeds used, "
+                "for reference only",
+    "verdict": "better/worse when Holm's step-down over the sequential tests rejects and the repeated CI excludes 0; "
+               "equivalent when the 1 - 0.05/m repeated CI lies within the margin; else undecided (out of seeds or budget)",
+    "seeds_needed": "not used: the study adds seeds itself, up to the maximum",
+}
 
 
 def _history_bands(runs: Dict[int, dict], metric: str) -> Dict[str, List[Dict[str, Optional[float]]]]:
@@ -599,7 +619,7 @@ def _sections(study: dict) -> List[Tuple[str, str, Any]]:
                                 + f"; stopping rule: {study['adaptive']['method']}), "
                                 if study.get("adaptive") else f"{study['seeds']} seeds per arm, ")
                              + f"varied: {', '.join(study['varied']) or 'nothing'}; baseline: "
-                             + ", ".join(f"{k}={value_label(k, v)}" for k, v in study["baseline"].items())
+                             + ", ".join(axis_for(k).describe(v) for k, v in study["baseline"].items())
                              + f". Metric: {study['split']} {study['metric']}{split_note}"
                              + ("; learning rate picked per arm on validation from " + ", ".join(f"{x:g}" for x in study["lr_grid"]) if study["lr_grid"] else "")
                              + "."))
@@ -685,37 +705,25 @@ def render_md(study: dict, plots: Dict[str, bytes]) -> str:
 
 def write_report(study: dict, out_dir: str) -> Dict[str, str]:
     """Write study.json, report.md (+ plots/*.png) and report.html into ``out_dir``; returns their paths."""
-    from keras_tl.study.runner import makedirs, write_text
-
     plots = make_plots(study)
-    makedirs(out_dir)
-    makedirs(os.path.join(out_dir, "plots"))
+    fs.makedirs(out_dir)
+    fs.makedirs(os.path.join(out_dir, "plots"))
     for key, png in plots.items():
-        path = os.path.join(out_dir, "plots", f"{key}.png")
-        if "://" in path:
-            import tensorflow as tf
-
-            with tf.io.gfile.GFile(path, "wb") as f:
-                f.write(png)
-        else:
-            with open(path, "wb") as f:
-                f.write(png)
+        fs.write_bytes(os.path.join(out_dir, "plots", f"{key}.png"), png)
     paths = {"json": os.path.join(out_dir, "study.json"), "md": os.path.join(out_dir, "report.md"),
              "html": os.path.join(out_dir, "report.html")}
-    write_text(paths["json"], json.dumps(study, indent=2) + "\n")
-    write_text(paths["md"], render_md(study, plots))
-    write_text(paths["html"], render_html(study, plots))
+    fs.write_text(paths["json"], json.dumps(study, indent=2) + "\n")
+    fs.write_text(paths["md"], render_md(study, plots))
+    fs.write_text(paths["html"], render_html(study, plots))
     return paths
 
 
 def load_probe(workdir: str) -> Optional[dict]:
-    from keras_tl.study.runner import exists, read_text
-
     path = os.path.join(workdir, "probe.json")
-    if not exists(path):
+    if not fs.exists(path):
         return None
     try:
-        return json.loads(read_text(path))
+        return json.loads(fs.read_text(path))
     except ValueError as e:
         raise UserError(f"{path}: not valid JSON ({e}); regenerate it with keras_tl.probe or delete it") from None
 

@@ -32,6 +32,7 @@ import traceback
 import uuid
 from typing import Callable, Dict, List, Optional, Tuple
 
+from keras_tl import fs
 from keras_tl.errors import UserError, WorkdirError
 from keras_tl.study.plan import Plan, Run
 
@@ -39,73 +40,11 @@ DONE = "DONE"
 METRICS = "metrics.json"
 
 
-# --------------------------------------------------------------- storage
-
-
-def _remote(path: str) -> bool:
-    return "://" in path
-
-
-def _gfile():
-    import tensorflow as tf
-
-    return tf.io.gfile
-
-
-def exists(path: str) -> bool:
-    return _gfile().exists(path) if _remote(path) else os.path.exists(path)
-
-
-def read_text(path: str) -> str:
-    if _remote(path):
-        with _gfile().GFile(path, "r") as f:
-            return f.read()
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
-def makedirs(path: str) -> None:
-    _gfile().makedirs(path) if _remote(path) else os.makedirs(path, exist_ok=True)
-
-
-def write_text(path: str, text: str) -> None:
-    """Write atomically (temp file + rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    if _remote(path):
-        with _gfile().GFile(tmp, "w") as f:
-            f.write(text)
-        _gfile().rename(tmp, path, overwrite=True)
-        return
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def create_exclusive(path: str, text: str) -> bool:
-    """Create ``path`` holding ``text`` unless it exists. True if this call created it."""
-    if _remote(path):
-        if _gfile().exists(path):
-            return False
-        with _gfile().GFile(path, "w") as f:
-            f.write(text)
-        return True
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    return True
-
-
 def _remove(path: str) -> None:
+    """Remove a claim file; a failure leaves it to the next attempt."""
     try:
-        _gfile().remove(path) if _remote(path) else os.remove(path)
-    except (FileNotFoundError, OSError):
+        fs.remove(path)
+    except Exception:  # noqa: BLE001 - OSError, or gfile's own errors on gs://
         pass
 
 
@@ -143,14 +82,14 @@ def claim_path(workdir: str, run: Run) -> str:
 
 def is_done(workdir: str, run: Run) -> bool:
     d = run_dir(workdir, run)
-    return exists(os.path.join(d, DONE)) and exists(os.path.join(d, METRICS))
+    return fs.exists(os.path.join(d, DONE)) and fs.exists(os.path.join(d, METRICS))
 
 
 def load_metrics(workdir: str, run: Run) -> Optional[dict]:
     """The finished run's metrics dict, or None if the run is not finished."""
     if not is_done(workdir, run):
         return None
-    return json.loads(read_text(os.path.join(run_dir(workdir, run), METRICS)))
+    return json.loads(fs.read_text(os.path.join(run_dir(workdir, run), METRICS)))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -170,17 +109,9 @@ UNREADABLE_CLAIM_GRACE_S = 60.0
 
 def _read_claim(path: str) -> Optional[dict]:
     try:
-        return json.loads(read_text(path))
+        return json.loads(fs.read_text(path))
     except (OSError, ValueError):
         return None
-
-
-def _age(path: str) -> float:
-    try:
-        mtime = _gfile().stat(path).mtime_nsec / 1e9 if _remote(path) else os.path.getmtime(path)
-    except (OSError, Exception):  # noqa: BLE001 - gfile raises its own NotFoundError
-        return 0.0
-    return time.time() - mtime
 
 
 def claim_is_stale(info: Optional[dict], path: Optional[str] = None) -> bool:
@@ -188,7 +119,7 @@ def claim_is_stale(info: Optional[dict], path: Optional[str] = None) -> bool:
     if info is None:
         # Between O_EXCL create and the write, a live worker's claim is empty for a moment;
         # only a claim that stays unreadable (its writer was killed) is stale.
-        return path is not None and _age(path) > UNREADABLE_CLAIM_GRACE_S
+        return path is not None and fs.age_seconds(path) > UNREADABLE_CLAIM_GRACE_S
     if info.get("host") != socket.gethostname():
         return False
     pid = info.get("pid")
@@ -209,15 +140,15 @@ def try_claim(workdir: str, run: Run, *, resume: bool, shard: str = "0/1") -> Tu
     """(True, nonce) if this worker now owns ``run``; (False, why) otherwise."""
     path = claim_path(workdir, run)
     text, nonce = _claim_text(shard)
-    if create_exclusive(path, text):
+    if fs.create_exclusive(path, text):
         return True, nonce
     info = _read_claim(path)
     if not resume or not claim_is_stale(info, path):
         who = f"{info.get('host')}:{info.get('pid')}" if info else "an unreadable claim"
         return False, f"claimed by {who}"
-    if _remote(path):
+    if fs.is_remote(path):
         _remove(path)
-        return (True, nonce) if create_exclusive(path, text) else (False, "claimed concurrently")
+        return (True, nonce) if fs.create_exclusive(path, text) else (False, "claimed concurrently")
     aside = f"{path}.stale-{nonce}"
     try:
         os.rename(path, aside)  # atomic: of several workers taking over, one wins
@@ -233,7 +164,7 @@ def try_claim(workdir: str, run: Run, *, resume: bool, shard: str = "0/1") -> Tu
         _remove(aside)
         return False, "claimed concurrently"
     _remove(aside)
-    if create_exclusive(path, text):
+    if fs.create_exclusive(path, text):
         return True, nonce
     return False, "claimed concurrently"
 
@@ -251,18 +182,18 @@ def release(workdir: str, run: Run, nonce: str) -> None:
 
 def write_plan(workdir: str, plan: Plan) -> None:
     """Write plan.json, or check that the one there is this plan (same fingerprint)."""
-    makedirs(workdir)
-    makedirs(os.path.join(workdir, "runs"))
-    makedirs(os.path.join(workdir, "claims"))
+    fs.makedirs(workdir)
+    fs.makedirs(os.path.join(workdir, "runs"))
+    fs.makedirs(os.path.join(workdir, "claims"))
     path = os.path.join(workdir, "plan.json")
     data = {"fingerprint": plan.fingerprint(), **plan.to_json()}
     text = json.dumps(data, indent=2) + "\n"
-    if create_exclusive(path, text):
+    if fs.create_exclusive(path, text):
         return
     old = None
     for _ in range(50):  # another worker may be between creating plan.json and writing it
         try:
-            old = json.loads(read_text(path))
+            old = json.loads(fs.read_text(path))
             break
         except (OSError, ValueError):
             time.sleep(0.1)
@@ -330,9 +261,9 @@ def run_in_subprocess(recipe, run_dir: str) -> dict:
     if rc != 0:
         raise RuntimeError(f"keras_tl.train exited with status {rc} for {run_dir} (its error is printed above)")
     path = os.path.join(run_dir, METRICS)
-    if not exists(path):
+    if not fs.exists(path):
         raise RuntimeError(f"{run_dir}: keras_tl.train finished without {METRICS}")
-    return json.loads(read_text(path))
+    return json.loads(fs.read_text(path))
 
 
 def run_in_process(recipe, run_dir: str) -> dict:
@@ -366,7 +297,7 @@ def run_plan(
     mine = shard_runs(plan, index, count) if runs is None else list(runs)
     shard_text = f"{index}/{count}"
     if not resume:
-        started = [r.key for r in mine if exists(claim_path(workdir, r)) or exists(run_dir(workdir, r))]
+        started = [r.key for r in mine if fs.exists(claim_path(workdir, r)) or fs.exists(run_dir(workdir, r))]
         if started:
             raise WorkdirError(
                 f"{workdir}: {len(started)} runs of this study were already started here (e.g. {started[0]}); pass --resume to continue, "
@@ -390,7 +321,7 @@ def run_plan(
             result.skipped_done.append(run.key)
             continue
         d = run_dir(workdir, run)
-        makedirs(os.path.dirname(d))
+        fs.makedirs(os.path.dirname(d))
         log(f"study: [{n}/{len(mine)}] {run.key}")
         try:
             metrics = run_fn(run.recipe, d)
@@ -399,16 +330,16 @@ def run_plan(
             result.failed.append(run.key)
             if keep_going and isinstance(e, Exception):
                 log(f"study: {run.key} failed: {type(e).__name__}: {e}")
-                makedirs(d)
-                write_text(os.path.join(d, "study_error.txt"), traceback.format_exc())
+                fs.makedirs(d)
+                fs.write_text(os.path.join(d, "study_error.txt"), traceback.format_exc())
                 continue
             raise
         # keras_tl.train.run writes both files itself; a custom run_fn may not.
-        makedirs(d)
-        if not exists(os.path.join(d, METRICS)):
-            write_text(os.path.join(d, METRICS), json.dumps(metrics, indent=2, default=float) + "\n")
-        if not exists(os.path.join(d, DONE)):
-            write_text(os.path.join(d, DONE), time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+        fs.makedirs(d)
+        if not fs.exists(os.path.join(d, METRICS)):
+            fs.write_text(os.path.join(d, METRICS), json.dumps(metrics, indent=2, default=float) + "\n")
+        if not fs.exists(os.path.join(d, DONE)):
+            fs.write_text(os.path.join(d, DONE), time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
         result.ran.append(run.key)
     return result
 
@@ -425,5 +356,5 @@ def collect(plan: Plan, workdir: str) -> Dict[str, dict]:
 
 def status(plan: Plan, workdir: str) -> Dict[str, int]:
     done = sum(1 for r in plan.runs if is_done(workdir, r))
-    claimed = sum(1 for r in plan.runs if not is_done(workdir, r) and exists(claim_path(workdir, r)))
+    claimed = sum(1 for r in plan.runs if not is_done(workdir, r) and fs.exists(claim_path(workdir, r)))
     return {"runs": len(plan.runs), "done": done, "running_or_stale": claimed, "not_started": len(plan.runs) - done - claimed}

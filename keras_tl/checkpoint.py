@@ -1,0 +1,271 @@
+"""The run directory: refuse or resume it, the phase records, weights checkpoints, per-epoch logs.
+
+Layout of a run directory (written by :mod:`keras_tl.train`)::
+
+    recipe.yaml                  the resolved recipe; a rerun with another recipe is refused
+    state.json                   finished phases (history, per-stage table, weights file, timings)
+    checkpoints/best_<i>.weights.h5 (+ .json)   phase i's best epoch by train.monitor, weights only
+    checkpoints/phase<i>.weights.h5             the weights phase i ended with, weights only
+    backup/phase<i>/             BackupAndRestore (weights + optimizer state) for mid-phase resume
+    log_<i>_<name>.csv           per-epoch history of phase i
+    DONE                         written last; a finished run is never overwritten
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import io
+import json
+import os
+import shutil
+from typing import Dict, List
+
+from keras_tl import faults, fs
+from keras_tl import recipe as recipe_lib
+from keras_tl.errors import UserError, WorkdirError
+
+MIN_FREE_BYTES = 200 * 2**20
+DONE = "DONE"
+STATE = "state.json"
+
+
+# ------------------------------------------------------------------- the directory
+
+
+def default_workdir(recipe: recipe_lib.Recipe) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", recipe.name, stamp)
+
+
+def prepare_workdir(workdir: str, recipe: recipe_lib.Recipe) -> bool:
+    """Check, then create the run directory. Returns True when resuming an unfinished run.
+
+    Refuses a finished run, a directory holding something else, a different recipe,
+    an unwritable directory or one with too little free disk — all before training.
+    """
+    resuming = check_workdir(workdir, recipe)
+    create_workdir(workdir, recipe, resuming)
+    return resuming
+
+
+def check_workdir(workdir: str, recipe: recipe_lib.Recipe) -> bool:
+    """The read-only half of :func:`prepare_workdir`: writes nothing. True when resuming."""
+    recipe_text = recipe_lib.dump(recipe)
+    recipe_path = os.path.join(workdir, "recipe.yaml")
+    if fs.exists(os.path.join(workdir, DONE)):
+        raise WorkdirError(f"{workdir}: holds a finished run; choose another --workdir or delete this one to retrain")
+    resuming = fs.exists(recipe_path)
+    if resuming:
+        if fs.read_text(recipe_path) != recipe_text:
+            raise WorkdirError(
+                f"{workdir}: holds an unfinished run of a different recipe; resume it with the same recipe and --set flags, or choose another --workdir"
+            )
+    elif fs.exists(workdir) and not fs.is_remote(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
+        raise WorkdirError(f"{workdir}: exists, is not empty and holds no keras_tl run; choose another --workdir")
+    return resuming
+
+
+def create_workdir(workdir: str, recipe: recipe_lib.Recipe, resuming: bool) -> bool:
+    """The writing half of :func:`prepare_workdir`. True when this call created the directory."""
+    created = not fs.exists(workdir)
+    if fs.is_remote(workdir):
+        fs.makedirs(workdir)
+    else:
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as e:
+            raise WorkdirError(f"{workdir}: cannot write to the run directory ({e.strerror or e}); choose a writable --workdir") from None
+        free = shutil.disk_usage(workdir).free
+        if free < MIN_FREE_BYTES:
+            raise WorkdirError(f"{workdir}: only {free // 2**20} MiB free, keras_tl needs at least {MIN_FREE_BYTES // 2**20} MiB for checkpoints and the export; free some disk or choose another --workdir")
+    if not resuming:
+        fs.write_text(os.path.join(workdir, "recipe.yaml"), recipe_lib.dump(recipe))
+    return created
+
+
+@contextlib.contextmanager
+def removed_on_user_error(workdir: str, created: bool):
+    """Inside the block, a UserError removes ``workdir`` if this run created it and no phase
+    finished yet: the corrected recipe is then not refused as "a different recipe"."""
+    try:
+        yield
+    except UserError:
+        if created and not fs.exists(os.path.join(workdir, STATE)) and not fs.is_remote(workdir):
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def mark_done(workdir: str) -> None:
+    faults.point("before_done")
+    fs.write_text(os.path.join(workdir, DONE), datetime.datetime.now().isoformat() + "\n")
+
+
+# ------------------------------------------------------------------- phase records
+
+
+@dataclasses.dataclass
+class RunState:
+    """``state.json``: one record per finished phase, in order."""
+
+    path: str
+    phases: List[dict]
+
+    @classmethod
+    def load(cls, workdir: str) -> "RunState":
+        path = os.path.join(workdir, STATE)
+        phases = json.loads(fs.read_text(path))["phases"] if fs.exists(path) else []
+        return cls(path, phases)
+
+    def history(self) -> Dict[str, List[float]]:
+        """Per-epoch history of every finished phase, concatenated."""
+        out: Dict[str, List[float]] = {}
+        for done in self.phases:
+            for k, v in done.get("history", {}).items():
+                out.setdefault(k, []).extend(v)
+        return out
+
+    def record(self, index: int, entry: dict) -> None:
+        """Append phase ``index``'s record and write state.json (crash points on either side)."""
+        self.phases.append(entry)
+        faults.point(f"phase_end:{index}")
+        fs.write_json(self.path, {"phases": self.phases})
+        faults.point(f"phase_recorded:{index}")
+
+
+# ------------------------------------------------------------------- weights
+
+
+def checkpoint_dir(workdir: str) -> str:
+    path = os.path.join(workdir, "checkpoints")
+    fs.makedirs(path)
+    return path
+
+
+def best_path(workdir: str, index: int) -> str:
+    return os.path.join(checkpoint_dir(workdir), f"best_{index}.weights.h5")
+
+
+def phase_weights_path(workdir: str, index: int) -> str:
+    return os.path.join(checkpoint_dir(workdir), f"phase{index}.weights.h5")
+
+
+def save_weights(model, path: str) -> None:
+    """Weights only: the best and phase checkpoints are loaded as weights (the next phase compiles
+    a new optimizer); exact mid-phase resume uses BackupAndRestore, which keeps the optimizer state."""
+    from keras_tl import model as model_lib
+
+    with model_lib.optimizer_detached(model):
+        model.save_weights(path)
+
+
+def load_weights(model, path: str) -> None:
+    from keras_tl import model as model_lib
+
+    # Detached here too: a file without optimizer state would otherwise warn on every load.
+    with model_lib.optimizer_detached(model):
+        model.load_weights(path)
+
+
+def best_checkpoint(path: str, monitor: str, phase_index: int, *, resuming: bool):
+    """The phase's save_best_only weights at ``path``, written atomically (temp file, then
+    rename), with the best value kept in ``<path>.json`` so that a phase resumed from its
+    backup keeps comparing against the best epoch so far. A kill during a write leaves the
+    previous best intact; a phase that starts over (no backup) starts a fresh record."""
+    import keras
+
+    from keras_tl import model as model_lib
+
+    record, partial = path + ".json", path[: -len(".weights.h5")] + ".partial.weights.h5"
+    best = None
+    if resuming and fs.exists(record) and fs.exists(path):
+        try:
+            value = json.loads(fs.read_text(record))["best"]
+            best = None if value is None else float(value)
+        except (ValueError, KeyError, TypeError):
+            best = None
+    for stale in ([partial] if resuming else [partial, path, record]):
+        fs.remove(stale)
+
+    class BestWeights(keras.callbacks.ModelCheckpoint):
+        def on_epoch_end(self, epoch, logs=None):
+            with model_lib.optimizer_detached(self.model):  # weights only, as save_weights
+                super().on_epoch_end(epoch, logs)
+            if not fs.exists(partial):
+                return
+            faults.point(f"checkpoint:{phase_index}")  # the new best is written, not yet in place
+            fs.replace(partial, path)
+            fs.write_json(record, {"monitor": monitor, "best": None if self.best is None else float(self.best), "epoch": int(epoch)})
+
+    return BestWeights(partial, monitor=monitor, save_best_only=True, save_weights_only=True,
+                       initial_value_threshold=best)
+
+
+# ------------------------------------------------------------------- callbacks and logs
+
+
+def csv_log_path(workdir: str, index: int, label: str) -> str:
+    return os.path.join(workdir, f"log_{index}_{label}.csv")
+
+
+def resume_callbacks(workdir: str, index: int, label: str, monitor: str) -> list:
+    """What makes phase ``index`` resumable: its CSV log, its best checkpoint and its backup
+    (in that order: an epoch the backup records is always reflected in the best checkpoint),
+    plus the crash points when ``KERAS_TL_FAULT`` is set."""
+    import keras
+
+    backup_dir = os.path.join(workdir, "backup", f"phase{index}")
+    callbacks = [
+        keras.callbacks.CSVLogger(csv_log_path(workdir, index, label), append=True),
+        best_checkpoint(best_path(workdir, index), monitor, index, resuming=fs.exists(backup_dir)),
+        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
+    ]
+    if os.environ.get("KERAS_TL_FAULT"):
+        callbacks.append(fault_callback(index))
+    return callbacks
+
+
+def fault_callback(phase_index: int):
+    """Crash points inside fit: ``batch:<phase>:<epoch>:<batch>`` (mid-epoch) and
+    ``epoch_end:<phase>:<epoch>`` (after the epoch's backup, before later callbacks)."""
+    import keras
+
+    class FaultPoints(keras.callbacks.Callback):
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            faults.point(f"batch:{phase_index}:{self.epoch}:{batch}")
+
+        def on_epoch_end(self, epoch, logs=None):
+            faults.point(f"epoch_end:{phase_index}:{epoch}")  # after the epoch's backup is written
+
+    return FaultPoints()
+
+
+def read_csv_log(path: str) -> Dict[str, List[float]]:
+    """Per-epoch history of a phase from its CSV log, one row per epoch (a resumed phase
+    may have logged an epoch twice: the later row wins)."""
+    import csv
+
+    if not fs.exists(path):
+        return {}
+    rows: Dict[int, dict] = {}
+    for row in csv.DictReader(io.StringIO(fs.read_text(path), newline="")):
+        try:
+            rows[int(row["epoch"])] = row
+        except (KeyError, ValueError):
+            continue
+    out: Dict[str, List[float]] = {}
+    for epoch in sorted(rows):
+        for k, v in rows[epoch].items():
+            if k != "epoch" and v not in (None, ""):
+                out.setdefault(k, []).append(float(v))
+    return out
