@@ -1,7 +1,7 @@
 """Run a controlled study and write its report.
 
     python -m keras_tl.study --recipe recipes/telescope_study.yaml [--workdir DIR] [--shard i/N]
-                             [--resume] [--set k=v ...] [--dry_run] [--report_only]
+                             [--resume] [--set k=v ...] [--dry_run] [--report_only] [--budget 40runs|2.5h]
 
 Prints the plan and its estimated cost first; ``--dry_run`` stops there. ``--set study.seeds=2``
 overrides the study section, any other ``--set`` the base training recipe. Several machines
@@ -43,6 +43,8 @@ _define("bool", "report_only", False, "Only (re)build the report from the finish
 _define("bool", "keep_going", False, "Log a failing run and continue with the next one (default: stop).")
 _define("bool", "in_process", False, "Run every training run inside this process: no per-run start-up, but "
         "TensorFlow keeps 320-350 MB per finished run (default: a fresh process per run).")
+_define("string", "budget", None, "Adaptive seeds only: stop adding rounds of seeds when the next round would take the "
+        "study past this many runs (e.g. 40runs) or hours of summed run time (e.g. 2.5h, 90min).")
 _define("float", "seconds_per_image", None, "CPU seconds per training image for the cost estimate.")
 _define("bool", "measure_cost", False, "Measure seconds per image with a few training steps of the base model.")
 
@@ -50,8 +52,8 @@ _define("bool", "measure_cost", False, "Measure seconds per image with a few tra
 def main(argv) -> int:
     del argv
     from keras_tl import fs
+    from keras_tl.study import adaptive, report, runner
     from keras_tl.study import plan as plan_lib
-    from keras_tl.study import report, runner
 
     if not FLAGS.recipe:
         raise UserError("--recipe is required, e.g. --recipe recipes/study_smoke.yaml")
@@ -72,10 +74,20 @@ def main(argv) -> int:
         # Checked before the first run: an hour in, a missing file would waste the runs before it.
         raise WeightsError(f"{problems[0]}" + (f" (and {len(problems) - 1} more weights sources)" if len(problems) > 1 else ""))
     workdir = FLAGS.workdir or os.path.join("runs", "studies", plan.name)
+    budget = adaptive.parse_budget(FLAGS.budget)
+    if budget is not None and not plan.study.adaptive:
+        raise UserError(f"--budget {FLAGS.budget}: needs adaptive seeds; set study.seeds to {{min: 3, max: 12}} (or drop --budget)")
     if not FLAGS.report_only:
-        res = runner.run_plan(plan, workdir, shard=runner.parse_shard(FLAGS.shard), resume=FLAGS.resume,
-                              keep_going=FLAGS.keep_going,
-                              run_fn=runner.run_in_process if FLAGS.in_process else runner.run_in_subprocess)
+        run_fn = runner.run_in_process if FLAGS.in_process else runner.run_in_subprocess
+        if plan.study.adaptive:
+            runner.write_plan(workdir, plan)
+            budget = adaptive.resolve_budget(workdir, budget)
+            res = adaptive.run_adaptive(plan, workdir, design=plan.study.design(), margin=adaptive.margin(plan),
+                                        budget=budget, shard=runner.parse_shard(FLAGS.shard), resume=FLAGS.resume,
+                                        keep_going=FLAGS.keep_going, run_fn=run_fn)
+        else:
+            res = runner.run_plan(plan, workdir, shard=runner.parse_shard(FLAGS.shard), resume=FLAGS.resume,
+                                  keep_going=FLAGS.keep_going, run_fn=run_fn)
         print(f"study: ran {len(res.ran)}, already done {len(res.skipped_done)}, claimed by other workers "
               f"{len(res.skipped_claimed)}, failed {len(res.failed)}", flush=True)
     elif not fs.exists(os.path.join(workdir, "plan.json")):

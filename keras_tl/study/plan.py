@@ -236,7 +236,7 @@ class StudyConfig:
     """The ``study:`` section, checked and normalised (axes as tuples of plain values)."""
 
     axes: Dict[str, Tuple[Any, ...]]  # axis → values, only the axes the study declares
-    seeds: int = 3
+    seeds: int = 3  # seeds per arm; with adaptive seeds the most an arm can get (seeds.max)
     lr_grid: Tuple[float, ...] = ()
     baseline: Dict[str, Any] = dataclasses.field(default_factory=dict)
     metric: str = "accuracy"
@@ -244,10 +244,23 @@ class StudyConfig:
     exclude: Tuple[Dict[str, Any], ...] = ()
     seconds_per_image: Optional[float] = None
     train_images: Optional[int] = None
+    seeds_min: Optional[int] = None  # adaptive seeds (seeds: {min, max, step}): None = a fixed number
+    seeds_step: Optional[int] = None
+    margin: Optional[float] = None  # equivalence margin in the report's units (points for accuracy)
 
     @property
     def higher_is_better(self) -> bool:
         return not any(w in self.metric for w in ("loss", "error"))
+
+    @property
+    def adaptive(self) -> bool:
+        return self.seeds_min is not None
+
+    def design(self):
+        """The group-sequential design of adaptive seeds (:class:`keras_tl.study.sequential.Design`)."""
+        from keras_tl.study import sequential
+
+        return sequential.Design(sequential.schedule(self.seeds_min, self.seeds, self.seeds_step))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,7 +374,7 @@ class StudySection:
     data_fraction: Any = None
     schedule_multiplier: Any = None
     vary: Optional[Dict[str, Any]] = None  # recipe key → values
-    seeds: int = dataclasses.field(default=3, metadata=_meta(1, 1000))
+    seeds: Any = 3  # a number of seeds (1..1000), or {min, max, step} for adaptive seeds: checked by _seeds
     lr_grid: Optional[Tuple[float, ...]] = None
     baseline: Optional[Dict[str, Any]] = None
     metric: str = "accuracy"
@@ -369,6 +382,7 @@ class StudySection:
     exclude: Optional[Tuple[Dict[str, Any], ...]] = None
     seconds_per_image: Optional[float] = None
     train_images: Optional[int] = dataclasses.field(default=None, metadata=_meta(1))
+    margin: Optional[float] = None  # equivalence margin (metric points), adaptive seeds only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,7 +528,18 @@ def parse_study(raw: dict, base: recipe_lib.Recipe, where: str = "<study>") -> S
         arms, axes = _explicit_arms(raw, base, where)
     if not axes:
         _fail(where, "init", f"the study varies nothing: declare at least one axis ({', '.join(AXES)}, vary) or arms:")
+    seeds, seeds_min, seeds_step = _seeds(where, section.seeds)
+    margin = section.margin
+    if margin is not None:
+        if not margin > 0:
+            _fail(where, "margin", f"expected a positive number of metric points (e.g. 2 for 2 accuracy points), got {margin!r}")
+        if seeds_min is None:
+            _fail(where, "margin", "equivalence is decided only with adaptive seeds; set seeds: {min: 3, max: 12}, or drop margin")
     lr_grid = tuple(section.lr_grid or ())
+    if lr_grid and seeds_min is not None:
+        # The learning rate is picked on the mean over seeds, so it could change as seeds are added,
+        # and the comparisons already decided would then be about other runs.
+        _fail(where, "lr_grid", "cannot be combined with adaptive seeds ({min, max}); pick the rate first, or use a fixed number of seeds")
     if not all(0 < v <= 10 for v in lr_grid):
         _fail(where, "lr_grid", f"expected learning rates in (0, 10], got {list(lr_grid)!r}")
     _check_disjoint(axes, lr_grid, base, where)
@@ -535,8 +560,39 @@ def parse_study(raw: dict, base: recipe_lib.Recipe, where: str = "<study>") -> S
     spi = section.seconds_per_image
     if spi is not None and spi <= 0:
         _fail(where, "seconds_per_image", f"expected a positive number, got {spi!r}")
-    return StudyConfig(axes=axes, seeds=section.seeds, lr_grid=lr_grid, baseline=baseline, metric=section.metric,
-                       arms=arms, exclude=exclude, seconds_per_image=spi, train_images=section.train_images)
+    return StudyConfig(axes=axes, seeds=seeds, lr_grid=lr_grid, baseline=baseline, metric=section.metric,
+                       arms=arms, exclude=exclude, seconds_per_image=spi, train_images=section.train_images,
+                       seeds_min=seeds_min, seeds_step=seeds_step, margin=margin)
+
+
+SEEDS_KEYS = ("min", "max", "step")
+
+
+def _seeds(where: str, seeds: Any) -> Tuple[int, Optional[int], Optional[int]]:
+    """``study.seeds``: a number (→ (n, None, None)) or adaptive ``{min, max, step}`` (→ (max, min, step)),
+    the latter checked by :func:`keras_tl.study.sequential.schedule`."""
+    if not isinstance(seeds, dict):
+        if isinstance(seeds, bool) or not isinstance(seeds, int):
+            _fail(where, "seeds", f"expected an integer number of seeds (1..1000), or {{min: 3, max: 12}} for adaptive seeds, got {seeds!r}")
+        if not 1 <= seeds <= 1000:
+            _fail(where, "seeds", f"must be between 1 and 1000, got {seeds}")
+        return seeds, None, None
+    from keras_tl.study import sequential
+
+    for key in seeds:
+        if key not in SEEDS_KEYS:
+            close = difflib.get_close_matches(str(key), SEEDS_KEYS, n=1, cutoff=0.5)
+            _fail(where, f"seeds.{key}", "unknown key" + (f" (did you mean {close[0]}?)" if close else f" (valid keys: {', '.join(SEEDS_KEYS)})"))
+    for key in ("min", "max"):
+        if key not in seeds:
+            _fail(where, "seeds", f"adaptive seeds need min and max, e.g. {{min: 3, max: 12}}; {key} is missing")
+    if isinstance(seeds["max"], int) and not isinstance(seeds["max"], bool) and seeds["max"] > 1000:
+        _fail(where, "seeds.max", f"{seeds['max']} is more than 1000 seeds")
+    try:
+        sequential.schedule(seeds["min"], seeds["max"], seeds.get("step"), where="study.seeds")
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    return seeds["max"], seeds["min"], seeds.get("step")
 
 
 def _dedupe(values):
@@ -751,13 +807,25 @@ def _duration(seconds: float) -> str:
 def format_plan(plan: Plan, cost: Cost) -> str:
     """The plan as printed before anything runs."""
     s = plan.study
-    lines = [f"study {plan.name} ({plan.source}): {len(plan.arms)} arms × {s.seeds} seeds"
+    seeds_text = f"{s.seeds_min}-{s.seeds} seeds (adaptive)" if s.adaptive else f"{s.seeds} seeds"
+    lines = [f"study {plan.name} ({plan.source}): {len(plan.arms)} arms × {seeds_text}"
              + (f" × {len(s.lr_grid)} learning rates" if s.lr_grid else "") + f" = {len(plan.runs)} runs",
              f"  varied: {', '.join(plan.varied) or '(single arm)'}; baseline: "
              + ", ".join(axis_for(k).describe(v) for k, v in s.baseline.items())
              + f"; metric: test {s.metric}" + (" (lr picked on validation)" if s.lr_grid else ""),
              f"  splits fixed by data.split_seed={plan.base.data.split_seed}; run seeds 0..{s.seeds - 1}",
              "  arms:"]
+    if s.adaptive:
+        from keras_tl.study import adaptive, sequential
+
+        design = s.design()
+        least, most = adaptive.run_range(design, adaptive.pairs_of(plan), len(plan.arms))
+        lines[-1:-1] = [
+            f"  adaptive seeds: looks at {', '.join(map(str, design.looks))} seeds per comparison; a comparison stops when "
+            "better, worse" + (f", equivalent within {s.margin:g}" if s.margin is not None else "") + " or out of seeds",
+            f"    rule: {sequential.METHOD}",
+            f"    runs: at least {least} (every comparison settled at {design.looks[0]} seeds), at most {most}; the cost below is the most",
+        ]
     width = max(len(a.id) for a in plan.arms)
     for a in plan.arms:
         ref = plan.reference_of(a)

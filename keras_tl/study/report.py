@@ -63,7 +63,7 @@ def _mean_sd_sum(xs: List[float]) -> Dict[str, Optional[float]]:
 
 
 def analyze(plan: Plan, results: Dict[str, dict], *, seed: int = 0, n_boot: int = stats.N_BOOT,
-            probe: Optional[dict] = None) -> Dict[str, Any]:
+            probe: Optional[dict] = None, budget=None) -> Dict[str, Any]:
     """The study.json dict from finished runs (``results``: run key → train metrics dict)."""
     s = plan.study
     metric, hib = s.metric, s.higher_is_better
@@ -73,12 +73,20 @@ def analyze(plan: Plan, results: Dict[str, dict], *, seed: int = 0, n_boot: int 
     for arm in plan.arms:
         summary, per_seed[arm.id] = _arm_summary(plan, arm, results)
         arms_out.append(summary)
+    info = None
+    if s.adaptive:
+        comparisons, info = _adaptive_comparisons(plan, results, per_seed, seed=seed, n_boot=n_boot, budget=budget)
+    else:
+        comparisons = _comparisons(plan, per_seed, seed=seed, n_boot=n_boot)
+    runs_done = sum(1 for r in plan.runs if r.key in results)
     study = {
         "name": plan.name, "source": plan.source, "fingerprint": plan.fingerprint(),
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
         "metric": metric, "split": split, "higher_is_better": hib,
         "scale": _scale(metric)[0], "unit": _scale(metric)[1].strip(),
-        "runs_total": len(plan.runs), "runs_done": sum(1 for r in plan.runs if r.key in results),
+        # Adaptive seeds: the runs the study has needed so far (partial while a round misses runs).
+        "runs_total": runs_done + info["runs_missing"] if info else len(plan.runs), "runs_done": runs_done,
+        "adaptive": info,
         "seeds": s.seeds, "varied": list(plan.varied), "baseline": s.baseline,
         "lr_grid": list(s.lr_grid),
         "methods": {
@@ -92,12 +100,17 @@ def analyze(plan: Plan, results: Dict[str, dict], *, seed: int = 0, n_boot: int 
             "seeds_needed": "smallest n whose t-interval half-width at the observed paired sd is below the observed |mean difference|",
         },
         "arms": arms_out,
-        "comparisons": _comparisons(plan, per_seed, seed=seed, n_boot=n_boot),
+        "comparisons": comparisons,
         "curves": _curves(plan, arms_out),
         "crossovers": _crossovers(plan, per_seed, seed),
         "freeze": _freeze_table(plan, arms_out),
         "probe": probe,
     }
+    if info:
+        study["methods"].update(ADAPTIVE_METHODS)
+        study["methods"]["seeds"] = (f"adaptive: looks at {', '.join(map(str, info['design']['looks']))} seeds per comparison; "
+                                     "after each look, seeds are added only to the arms of comparisons still open")
+        study["methods"]["stopping rule"] = info["method"] + " (details: docs/adaptive_seeds.md)"
     study["verdict"] = verdict_paragraph(study)
     return study
 
@@ -167,6 +180,51 @@ def _comparisons(plan: Plan, per_seed: Dict[str, Dict[int, float]], *, seed: int
         if c.get("n", 0) == 0:
             c["verdict"] = "not run yet"
     return comparisons
+
+
+def _adaptive_comparisons(plan: Plan, results: Dict[str, dict], per_seed: Dict[str, Dict[int, float]], *, seed: int,
+                          n_boot: int, budget) -> Tuple[List[dict], dict]:
+    """Adaptive seeds: every comparison's CI, p-values and verdict from replaying the group-sequential
+    looks on the finished runs (:mod:`keras_tl.study.sequential`), and the study's adaptive summary."""
+    from keras_tl.study import adaptive, sequential
+
+    s = plan.study
+    design = s.design()
+    pairs = {p.name: p for p in adaptive.pairs_of(plan)}
+    state, _, _ = adaptive.study_state(plan, results, design, margin=adaptive.margin(plan), budget=budget)
+    entries = adaptive.summarise(state, pairs, per_seed, higher_is_better=s.higher_is_better, seed=seed, n_boot=n_boot)
+    missing = [r for r in adaptive.wanted_runs(plan, pairs, state) if r.key not in results]
+    base_axes = list(s.baseline)
+    ctx_axes = [a for a in plan.varied if a not in base_axes]
+    comparisons = []
+    for arm in plan.arms:
+        ref = plan.reference_of(arm)
+        if ref is None:
+            continue
+        e = entries[arm.id]
+        comparisons.append({"arm_id": arm.id, "reference_id": ref.id, "a": _context_text(arm.values, base_axes),
+                            "b": _context_text(ref.values, base_axes), "context": _context_text(arm.values, ctx_axes),
+                            "values": arm.values, "seeds": list(range(e["seeds_used"])), **e})
+        if e["seeds_used"] == 0:
+            comparisons[-1]["verdict"] = "not run yet"
+    info = {"method": sequential.METHOD, "design": design.to_json(), "margin": s.margin,
+            "budget": str(budget) if budget is not None else None, "done": state.done and not missing,
+            "look": state.round + 1, "looks": len(design.looks), "runs_missing": len(missing),
+            "seeds_used": {k: tr.n for k, tr in state.tracks.items()}, "runs_max": len(plan.runs),
+            "details": "docs/adaptive_seeds.md"}
+    return comparisons, info
+
+
+ADAPTIVE_METHODS = {
+    "difference_ci": "paired by seed; 95% repeated confidence interval at the comparison's last look (valid whatever "
+                     "made the study stop; conservative after an early stop)",
+    "p_values": "sequential p-value (smallest level at which the design would have crossed at a look taken), "
+                "Holm-adjusted across all comparisons; p (t) in study.json is the fixed-sample t-test of the seeds used, "
+                "for reference only",
+    "verdict": "better/worse when Holm's step-down over the sequential tests rejects and the repeated CI excludes 0; "
+               "equivalent when the 1 - 0.05/m repeated CI lies within the margin; else undecided (out of seeds or budget)",
+    "seeds_needed": "not used: the study adds seeds itself, up to the maximum",
+}
 
 
 def _history_bands(runs: Dict[int, dict], metric: str) -> Dict[str, List[Dict[str, Optional[float]]]]:
@@ -283,9 +341,12 @@ def comparison_clause(study: dict, c: dict) -> str:
     where = f" at {c['context']}" if c["context"] else ""
     if c.get("n", 0) == 0:
         return f"{c['a']} vs {c['b']}{where}: no paired runs finished yet."
-    ci = f"95% CI {fmt_diff(study, c['ci_lo'])} to {fmt_diff(study, c['ci_hi'])}"
+    ci_name = "95% repeated CI" if study.get("adaptive") else "95% CI"
+    ci = f"{ci_name} {fmt_diff(study, c['ci_lo'])} to {fmt_diff(study, c['ci_hi'])}"
     pb = f"P(better)={c['p_better']:.2f}" if c.get("p_better") is not None else ""
     tail = f"({ci}, {pb}, {c['n']} seeds)"
+    if study.get("adaptive") and c["verdict"] not in (stats.BETTER, stats.WORSE):
+        return _adaptive_clause(study, c, where, unit, ci)
     if c["verdict"] == stats.BETTER:
         return f"{c['a']} beats {c['b']}{where} by {fmt_diff(study, c['mean'])}{unit} {tail}."
     if c["verdict"] == stats.WORSE:
@@ -301,6 +362,25 @@ def comparison_clause(study: dict, c: dict) -> str:
             f"({fmt_diff(study, c['mean'])}{unit}, {ci}, {c['n']} seeds); {resolve}.")
 
 
+def _adaptive_clause(study: dict, c: dict, where: str, unit: str, ci: str) -> str:
+    from keras_tl.study import adaptive, sequential
+
+    diff = f"{fmt_diff(study, c['mean'])}{unit}"
+    v = c["verdict"]
+    if v == sequential.EQUIVALENT:
+        return (f"{c['a']} and {c['b']}{where} are equivalent within ±{study['adaptive']['margin']:g}{unit} "
+                f"({diff}, {ci}, {c['n']} seeds).")
+    if v == sequential.OUT_OF_SEEDS:
+        return (f"{c['a']} vs {c['b']}{where}: no evidence of a difference at the maximum of {c['n']} seeds "
+                f"({diff}, {ci}); a difference this small needs a larger study.max or a less noisy setup.")
+    if v == sequential.OUT_OF_BUDGET:
+        return (f"{c['a']} vs {c['b']}{where}: undecided when the budget ran out at {c['n']} seeds ({diff}, {ci}); "
+                "a larger --budget and --resume would add seeds.")
+    if v == adaptive.RUNNING:
+        return f"{c['a']} vs {c['b']}{where}: still open after {c['n']} seeds ({diff}, {ci})."
+    return f"{c['a']} vs {c['b']}{where}: {v} ({diff}, {ci}, {c['n']} seeds)."
+
+
 def verdict_paragraph(study: dict) -> str:
     comps = [c for c in study["comparisons"] if c.get("n", 0) > 0]
     metric = f"{study['split']} {study['metric']}"
@@ -314,11 +394,18 @@ def verdict_paragraph(study: dict) -> str:
     counts = {v: sum(1 for c in comps if c["verdict"] == v) for v in (stats.BETTER, stats.WORSE, stats.NO_EVIDENCE)}
     text = (f"On {metric}, of {len(comps)} comparisons against the baseline, {counts[stats.BETTER]} show a better arm, "
             f"{counts[stats.WORSE]} a worse arm and {counts[stats.NO_EVIDENCE]} no evidence of a difference at this budget.")
+    if study.get("adaptive"):
+        others = {}
+        for c in comps:
+            if c["verdict"] not in (stats.BETTER, stats.WORSE):
+                others[c["verdict"]] = others.get(c["verdict"], 0) + 1
+        text = (f"On {metric}, of {len(comps)} comparisons against the baseline (adaptive seeds), {counts[stats.BETTER]} show "
+                f"a better arm, {counts[stats.WORSE]} a worse arm" + "".join(f", {n} {v}" for v, n in sorted(others.items())) + ".")
     sign = 1 if study["higher_is_better"] else -1
     picks = []
     better = [c for c in comps if c["verdict"] == stats.BETTER]
     worse = [c for c in comps if c["verdict"] == stats.WORSE]
-    none_ = [c for c in comps if c["verdict"] == stats.NO_EVIDENCE]
+    none_ = [c for c in comps if c["verdict"] not in (stats.BETTER, stats.WORSE)]
     if better:
         picks.append(max(better, key=lambda c: sign * c["mean"]))
     if worse:
@@ -461,6 +548,8 @@ def _arm_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
 
 
 def _comparison_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
+    if study.get("adaptive"):
+        return _adaptive_rows(study)
     head = ["arm", "baseline", "at", "seeds", "difference", "95% CI", "P(better) [95% CI]", "p (t)", "p (Holm)", "p (sign-flip)", "verdict", "seeds to resolve"]
     rows = []
     for c in study["comparisons"]:
@@ -471,6 +560,20 @@ def _comparison_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
                      f"{fmt_diff(study, c.get('ci_lo'))} to {fmt_diff(study, c.get('ci_hi'))}", pb, p(c.get("p_t")),
                      p(c.get("p_holm")), p(c.get("p_sign_flip")), c["verdict"],
                      str(c.get("seeds_needed")) if c.get("seeds_needed") else "—"])
+    return head, rows
+
+
+def _adaptive_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
+    head = ["arm", "baseline", "at", "seeds used (max)", "difference", "95% repeated CI", "P(better) [95% CI]",
+            "p (sequential)", "p (Holm)", "verdict"]
+    rows = []
+    for c in study["comparisons"]:
+        def p(x):
+            return "n/a" if x is None else f"{x:.3g}"
+        pb = "n/a" if c.get("p_better") is None else f"{c['p_better']:.2f} [{c['p_better_lo']:.2f}, {c['p_better_hi']:.2f}]"
+        rows.append([c["a"], c["b"], c["context"] or "—", f"{c.get('n', 0)} ({c.get('seeds_max', '?')})",
+                     fmt_diff(study, c.get("mean")), f"{fmt_diff(study, c.get('ci_lo'))} to {fmt_diff(study, c.get('ci_hi'))}",
+                     pb, p(c.get("p_seq")), p(c.get("p_holm")), c["verdict"]])
     return head, rows
 
 
@@ -509,7 +612,13 @@ def _sections(study: dict) -> List[Tuple[str, str, Any]]:
     secs: List[Tuple[str, str, Any]] = [("para", "", study["verdict"])]
     split_note = "" if study["split"] == "test" else f" (runs without a test split report {study['split']} metrics)"
     secs.append(("para", "", f"Study {study['name']} ({study['source']}), {study['runs_done']} of {study['runs_total']} runs finished, "
-                             f"{study['seeds']} seeds per arm, varied: {', '.join(study['varied']) or 'nothing'}; baseline: "
+                             + (f"adaptive seeds ({study['adaptive']['design']['looks'][0]} to {study['seeds']} per comparison, "
+                                f"looks at {', '.join(map(str, study['adaptive']['design']['looks']))}"
+                                + (f", budget {study['adaptive']['budget']}" if study["adaptive"]["budget"] else "")
+                                + (f", equivalence margin ±{study['adaptive']['margin']:g}" if study["adaptive"]["margin"] else "")
+                                + f"; stopping rule: {study['adaptive']['method']}), "
+                                if study.get("adaptive") else f"{study['seeds']} seeds per arm, ")
+                             + f"varied: {', '.join(study['varied']) or 'nothing'}; baseline: "
                              + ", ".join(axis_for(k).describe(v) for k, v in study["baseline"].items())
                              + f". Metric: {study['split']} {study['metric']}{split_note}"
                              + ("; learning rate picked per arm on validation from " + ", ".join(f"{x:g}" for x in study["lr_grid"]) if study["lr_grid"] else "")
@@ -623,5 +732,10 @@ def build_report(plan: Plan, workdir: str, *, seed: int = 0) -> Dict[str, str]:
     """Collect finished runs from ``workdir`` and write the report there."""
     from keras_tl.study.runner import collect
 
-    study = analyze(plan, collect(plan, workdir), seed=seed, probe=load_probe(workdir))
+    budget = None
+    if plan.study.adaptive:
+        from keras_tl.study import adaptive
+
+        budget = adaptive.resolve_budget(workdir, None)
+    study = analyze(plan, collect(plan, workdir), seed=seed, probe=load_probe(workdir), budget=budget)
     return write_report(study, workdir)

@@ -282,6 +282,7 @@ def run_plan(
     resume: bool = False,
     keep_going: bool = False,
     log: Callable[[str], None] = print,
+    runs: Optional[List[Run]] = None,
 ) -> RunnerResult:
     """Run this worker's share of ``plan`` in ``workdir``.
 
@@ -292,7 +293,8 @@ def run_plan(
     run_fn = run_fn or run_in_subprocess
     write_plan(workdir, plan)
     index, count = shard
-    mine = shard_runs(plan, index, count)
+    # ``runs``: an adaptive study's round, already split between shards (keras_tl.study.adaptive).
+    mine = shard_runs(plan, index, count) if runs is None else list(runs)
     shard_text = f"{index}/{count}"
     if not resume:
         started = [r.key for r in mine if fs.exists(claim_path(workdir, r)) or fs.exists(run_dir(workdir, r))]

@@ -151,10 +151,11 @@ def seeds_needed(mean_diff: float, sd: float, conf: float = CONF, max_n: int = M
         # Every seed differs by the same amount: the t-test is undefined and the exact sign-flip
         # test needs 2 / 2**n < 1 - conf, i.e. 6 seeds at 95%.
         return next(n for n in range(2, 64) if 2 / 2**n < 1 - conf)
-    for n in range(2, max_n + 1):
-        if st.t.ppf(0.5 + conf / 2, n - 1) * sd / math.sqrt(n) < abs(mean_diff):
-            return n
-    return None
+    # One vectorised ppf call: a loop of scalar calls took ~0.2 s for an A/A comparison (n runs to max_n).
+    ns = np.arange(2, max_n + 1)
+    ok = st.t.ppf(0.5 + conf / 2, ns - 1) * sd / np.sqrt(ns) < abs(mean_diff)
+    i = int(np.argmax(ok))
+    return int(ns[i]) if ok[i] else None
 
 
 def holm(pvalues: Sequence[Optional[float]]) -> List[Optional[float]]:
