@@ -187,3 +187,7 @@ def test_cli_budget_needs_adaptive_seeds_and_dry_run_shows_the_looks(tmp_path):
                         "--set", "study.seeds={min: 3, max: 12}"], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     assert "looks at 3, 6, 9, 12 seeds per comparison" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "keras_tl.study", "--recipe", fixed, "--report_only", "--budget", "2h",
+                        "--set", "study.seeds={min: 3, max: 12}", "--workdir", str(tmp_path / "wd")],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2 and "--report_only uses the budget recorded in the workdir" in r.stderr

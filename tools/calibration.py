@@ -15,8 +15,8 @@ collapse to chance (10% ± 1.5) with probability 0.2.
 
 Targets (issue 15): false claims ≤ 0.05 (≤ 0.06 allowing for Monte Carlo error), CI coverage
 0.93–0.97, power for 3 points at sd 3 and ≤ 12 seeds ≥ 0.80. ``--quick`` (the default sizes
-divided by 10) measured 54 s wall at load average 5 and 114 s at 7 on a 2-core machine (29-35 s
-of CPU); its Monte Carlo standard errors (listed beside each rate) are ~0.005-0.01, so read it as
+divided by 10) measured 54 s wall at load average 5, 114 s at 7 and 271 s at 18 on a 2-core
+machine (29-35 s of CPU); its Monte Carlo standard errors (listed beside each rate) are ~0.005-0.01, so read it as
 a smoke check and the full run (1,115 s wall at load 8-13, 315 s of CPU) as the figures.
 """
 

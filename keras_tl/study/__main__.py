@@ -77,6 +77,9 @@ def main(argv) -> int:
     budget = adaptive.parse_budget(FLAGS.budget)
     if budget is not None and not plan.study.adaptive:
         raise UserError(f"--budget {FLAGS.budget}: needs adaptive seeds; set study.seeds to {{min: 3, max: 12}} (or drop --budget)")
+    if budget is not None and FLAGS.report_only:
+        raise UserError(f"--budget {FLAGS.budget}: --report_only uses the budget recorded in the workdir; drop --budget, "
+                        "or run the study with --resume --budget to change it")
     if not FLAGS.report_only:
         run_fn = runner.run_in_process if FLAGS.in_process else runner.run_in_subprocess
         if plan.study.adaptive:
@@ -94,7 +97,10 @@ def main(argv) -> int:
         raise UserError(f"--report_only: {workdir} holds no study (no plan.json); run the study first or fix --workdir")
     st = runner.status(plan, workdir)
     paths = report.build_report(plan, workdir)
-    print(f"study: {st['done']}/{st['runs']} runs finished; report: {paths['html']}", flush=True)
+    if plan.study.adaptive:
+        print(f"study: {st['done']} runs finished (adaptive seeds: at most {st['runs']}); report: {paths['html']}", flush=True)
+    else:
+        print(f"study: {st['done']}/{st['runs']} runs finished; report: {paths['html']}", flush=True)
     return 0
 
 

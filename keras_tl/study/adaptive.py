@@ -291,6 +291,8 @@ def run_adaptive(plan, workdir: str, *, design: sequential.Design, margin: Optio
         state, pairs, _ = study_state(plan, runner.collect(plan, workdir), design, margin=margin, budget=budget)
         want = wanted_runs(plan, pairs, state)
         if state.done and all(runner.is_done(workdir, r) for r in want):
+            ran = set(total.ran)
+            total.skipped_done = [r.key for r in plan.runs if r.key not in ran and runner.is_done(workdir, r)]
             return total
         mine = [r for i, r in enumerate(want) if i % count == index and not runner.is_done(workdir, r)]
         if mine:

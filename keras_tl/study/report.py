@@ -626,7 +626,10 @@ def _sections(study: dict) -> List[Tuple[str, str, Any]]:
     secs.append(("table", "Arms", _arm_rows(study)))
     secs.append(("table", "Comparisons against the baseline", _comparison_rows(study)))
     for key in PLOTS:
-        secs.append(("plot", PLOT_TITLES[key], key))
+        title = PLOT_TITLES[key]
+        if key == "forest" and study.get("adaptive"):
+            title = title.replace("(95% CI)", "(95% repeated CI)")
+        secs.append(("plot", title, key))
     if study["crossovers"]:
         secs.append(("table", "Where the gap closes along data size (interpolated in log size)", _crossover_rows(study)))
     if study.get("probe") is not None:
