@@ -325,9 +325,23 @@ class Plan:
         }
 
     def fingerprint(self) -> str:
-        data = self.to_json()
-        data.pop("source")
-        return hashlib.sha256(_canon(data).encode()).hexdigest()[:16]
+        return fingerprint_of(self.to_json())
+
+
+def fingerprint_of(data: dict) -> str:
+    """The fingerprint of a plan's JSON (:meth:`Plan.to_json`, or a plan.json any keras_tl version wrote).
+
+    A hash of the plan without its source path, where the base recipe and the study section keep
+    only the values that differ from their schema defaults: a field added to either schema later,
+    at its default, leaves every existing study's fingerprint as it was (and its --resume working).
+    A base recipe the current schema cannot read raises RecipeError.
+    """
+    data = {k: v for k, v in data.items() if k not in ("source", "fingerprint")}
+    base = recipe_lib.from_dict(data["base_recipe"], "<plan.json base_recipe>", validate_=False)
+    data["base_recipe"] = recipe_lib.canonical(base)
+    defaults = _study_json(StudyConfig(axes={}))
+    data["study"] = {k: v for k, v in data["study"].items() if k == "axes" or k not in defaults or _canon(v) != _canon(defaults[k])}
+    return hashlib.sha256(_canon(data).encode()).hexdigest()[:16]
 
 
 def _study_json(s: StudyConfig) -> dict:
