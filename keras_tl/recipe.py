@@ -944,8 +944,8 @@ def validate(recipe: Recipe, where: str = "<recipe>") -> None:
     if not lo < hi:
         fail("data.scale.clip", f"expected [low, high] percentiles with low < high, got {list(d.scale.clip)}")
     h, w = d.image_size
-    if h < 32 or w < 32 or h > 4096 or w > 4096:
-        fail("data.image_size", f"each side must be between 32 and 4096 pixels, got {list(d.image_size)}")
+    if h < 1 or w < 1 or h > 4096 or w > 4096:
+        fail("data.image_size", f"each side must be between 1 and 4096 pixels, got {list(d.image_size)}")
     if d.fraction is not None and d.per_class is not None:
         fail("data.fraction", "set data.fraction or data.per_class, not both")
     if d.fraction is not None and d.fraction <= 0:
@@ -972,6 +972,9 @@ def _validate_model(recipe: Recipe, fail) -> None:
     except KeyError:
         close = difflib.get_close_matches(m.backbone.lower(), backbones.names(), n=1)
         fail("model.backbone", f"unknown backbone {_short(m.backbone)}{f' (did you mean {close[0]}?)' if close else ''}; valid: {', '.join(backbones.names())}")
+    if min(recipe.data.image_size) < entry.min_size:
+        fail("data.image_size", f"{m.backbone} takes images of at least {entry.min_size} px a side, got {list(recipe.data.image_size)}; "
+             f"set data.image_size to at least [{entry.min_size}, {entry.min_size}]")
     if m.cut_after is not None and m.cut_after not in entry.stages:
         fail("model.cut_after", f"unknown stage {m.cut_after!r} for {m.backbone}; valid: {', '.join(entry.stages)}")
     stages = stage_list(recipe)

@@ -221,7 +221,7 @@ def _read_keras_weights_h5(path: str, where: str, entry, input_shape, cut_output
             src_entry = backbones.get(name)
         except KeyError as e:
             raise WeightsError(f"{where}: saved from backbone {name!r}, which this version does not know ({e.args[0]})") from None
-        if src_entry.family != entry.family or src_entry.name != entry.name:
+        if src_entry.name != entry.name:
             raise WeightsError(f"{where}: the file holds {src_entry.name} weights but model.backbone is {entry.name}; set model.backbone: {src_entry.name} or use another file")
         out = attrs.get(_ATTR_OUTPUT)
         out = out.decode() if isinstance(out, bytes) else (str(out) if out is not None else None)
@@ -321,7 +321,7 @@ def _imagenet_rgb_backbone(entry, input_shape, path: str):
     if entry.imagenet_source == "package":
         # keras_tl's own builder loads the converted file (resolve_weights made and verified it).
         return backbones.build_backbone(entry, input_shape, weights=path)
-    if entry.family == "efficientnet":
+    if entry.imagenet_by_keyword:
         # EfficientNet adds its ImageNet std-dev Rescaling layer only for weights="imagenet",
         # so Keras must find the file itself, in the cache directory it fixed at import (the same
         # as keras_cache_dir() unless KERAS_HOME changed since: then this fetches it there too).
