@@ -64,16 +64,17 @@ def main(argv) -> int:
     print(plan_lib.format_plan(plan, plan_lib.estimate_cost(plan, spi, source)), flush=True)
     # A dry run only checks the cache; a real one downloads what is missing now, before the first run.
     problems = [] if FLAGS.report_only else plan_lib.missing_weights(plan, fetch=not FLAGS.dry_run)
-    workdir = FLAGS.workdir or os.path.join("runs", "studies", plan.name)
     if FLAGS.dry_run:
         for p in problems:
             print(f"  MISSING WEIGHTS: {p}", flush=True)
-        if runner.check_plan(workdir, plan):
-            print(f"  {workdir}: holds this plan; --resume continues it", flush=True)
+        existing = FLAGS.workdir or os.path.join("runs", "studies", plan.name)
+        if runner.check_plan(existing, plan):
+            print(f"  {existing}: holds this plan; --resume continues it", flush=True)
         return 0
     if problems:
         # Checked before the first run: an hour in, a missing file would waste the runs before it.
         raise WeightsError(f"{problems[0]}" + (f" (and {len(problems) - 1} more weights sources)" if len(problems) > 1 else ""))
+    workdir = FLAGS.workdir or os.path.join("runs", "studies", plan.name)
     if not FLAGS.report_only:
         res = runner.run_plan(plan, workdir, shard=runner.parse_shard(FLAGS.shard), resume=FLAGS.resume,
                               keep_going=FLAGS.keep_going,
