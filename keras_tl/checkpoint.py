@@ -58,7 +58,10 @@ def check_workdir(workdir: str, recipe: recipe_lib.Recipe) -> bool:
         raise WorkdirError(f"{workdir}: holds a finished run; choose another --workdir or delete this one to retrain")
     resuming = fs.exists(recipe_path)
     if resuming:
-        if fs.read_text(recipe_path) != recipe_text:
+        stored = fs.read_text(recipe_path)
+        # Compared without the values at their defaults: a field added since the run started
+        # (at its default) is no reason to refuse the run's own directory.
+        if stored != recipe_text and not recipe_lib.same_recipe(stored, recipe):
             raise WorkdirError(
                 f"{workdir}: holds an unfinished run of a different recipe; resume it with the same recipe and --set flags, or choose another --workdir"
             )

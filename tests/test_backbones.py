@@ -72,3 +72,18 @@ def test_builds_and_every_layer_in_exactly_one_stage(name):
     # Stable names: no Keras counter-named layers survive (they differ between processes).
     assert not any(re.fullmatch(r"(re_lu|activation|rescaling|normalization|layer_normalization|zero_padding2d)(_\d+)?", l.name) for l in model.layers)
 
+
+
+def test_study_cost_comes_from_the_record():
+    from keras_tl import recipe as recipe_lib
+    from keras_tl.study import plan as plan_lib
+
+    def spi(backbone, size):
+        return plan_lib.default_seconds_per_image(recipe_lib.from_dict(
+            {"data": {"image_size": [size, size]}, "model": {"backbone": backbone, "weights": "none"}}))
+
+    assert spi("efficientnet_lite0", 64) == backbones.get("efficientnet_lite0").seconds_per_image_64px == 0.0100
+    assert spi("efficientnet_lite0", 128) == pytest.approx(4 * 0.0100)
+    assert spi("efficientnet_lite0", 32) == 0.0100  # below 64 px not proportionally cheaper
+    assert backbones.get("convnext_tiny").seconds_per_image_64px is None
+    assert spi("convnext_tiny", 64) == backbones.DEFAULT_SECONDS_PER_IMAGE

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_tl import backbones, efficientnet_lite as E, model as M, recipe as R, torch_checkpoint as T, weights as W
+from keras_tl import backbones, efficientnet_lite as E, layers as L, recipe as R, torch_checkpoint as T, weights as W
 from keras_tl.errors import UserError, WeightsError
 
 # ------------------------------------------------------------------ shared fixtures
@@ -58,7 +58,7 @@ def _photo(name, size):
 
 def _keras_logits(backbone, state, pixels):
     """Raw pixels → keras_tl's ``lite`` preprocessing → backbone → average pool → the ImageNet classifier."""
-    x = M.Preprocess("lite", 3)(pixels)
+    x = L.Preprocess("lite", 3)(pixels)
     feats = np.asarray(backbone(x, training=False), dtype=np.float64).mean(axis=(1, 2))
     return feats @ state["_fc.weight"].T.astype(np.float64) + state["_fc.bias"]
 
@@ -161,7 +161,7 @@ def random_backbone():
 def test_random_init_gives_order_one_features(random_backbone):
     """keras.applications EfficientNet's fan-out scaling: Glorot would give pooled features ~1e-12."""
     bb = random_backbone
-    x = M.Preprocess("lite", 3)(np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32"))
+    x = L.Preprocess("lite", 3)(np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32"))
     feats = np.asarray(bb(x, training=False)).mean(axis=(1, 2))
     print(f"random efficientnet_lite0: pooled feature std {feats.std():.3g}, mean |f| {np.abs(feats).mean():.3g}")
     assert 0.05 < feats.std() < 100
@@ -188,8 +188,8 @@ def test_architecture_facts(random_backbone):
 
 def test_lite_preprocessing_is_the_same_for_every_channel():
     x = np.array([[[[0.0, 127.0, 255.0, 64.0, 200.0]]]], "float32")
-    np.testing.assert_allclose(M.Preprocess("lite", 5)(x), (x - 127.0) / 128.0, rtol=1e-6)
-    np.testing.assert_allclose(M.Preprocess("lite", 3)(x[..., :3]), [[[[-127.0 / 128, 0.0, 1.0]]]], rtol=1e-6)
+    np.testing.assert_allclose(L.Preprocess("lite", 5)(x), (x - 127.0) / 128.0, rtol=1e-6)
+    np.testing.assert_allclose(L.Preprocess("lite", 3)(x[..., :3]), [[[[-127.0 / 128, 0.0, 1.0]]]], rtol=1e-6)
     assert backbones.get("efficientnet_lite0").preprocess == "lite"
 
 
@@ -200,7 +200,7 @@ def test_other_channel_counts_with_imagenet_weights(cache, channels):
     rgb = E.read_weights_file(info.path)
     np.testing.assert_allclose(bb.get_layer("stem_conv").get_weights()[0], W.adapt_conv1(rgb["stem_conv"][0], channels), rtol=1e-6)
     np.testing.assert_array_equal(bb.get_layer("top_bn").get_weights()[2], rgb["top_bn"][2])
-    x = M.Preprocess("lite", channels)(np.full((1, 32, 32, channels), 100.0, "float32"))
+    x = L.Preprocess("lite", channels)(np.full((1, 32, 32, channels), 100.0, "float32"))
     assert np.asarray(bb(x)).shape == (1, 1, 1, 1280)
 
 

@@ -251,7 +251,8 @@ def test_valid_recipe_passes():
         (["name='a\\tb'"], "name", "without path separators"),
         (["data.source=directory"], "data.path", "set data.path"),
         (["data.source=tfds"], "data.name", "set data.name"),
-        (["data.image_size=[16,64]"], "data.image_size", "between 32 and 4096"),
+        (["data.image_size=[16,64]"], "data.image_size", "at least 32 px a side"),
+        (["data.image_size=[64,5000]"], "data.image_size", "between 1 and 4096"),
         (["data.fraction=0.5", "data.per_class=10"], "data.fraction", "not both"),
         (["data.fraction=0"], "data.fraction", "must be > 0"),
         (["data.val_fraction=0.5", "data.test_fraction=0.5"], "data.val_fraction", "must be < 1"),
@@ -295,6 +296,18 @@ def test_validate_cross_field_rules(sets, key, fragment):
     msg = error_of(build, *sets)
     assert msg.startswith(f"r.yaml: {key}: "), msg
     assert fragment in msg, msg
+
+
+def test_validate_reads_the_backbones_min_size(monkeypatch):
+    import dataclasses
+
+    from keras_tl import backbones
+
+    name = build().model.backbone
+    assert build("data.image_size=[64,64]").data.image_size == (64, 64)
+    monkeypatch.setitem(backbones._REGISTRY, name, dataclasses.replace(backbones.get(name), min_size=75))
+    msg = error_of(build, "data.image_size=[64,80]")
+    assert msg.startswith("r.yaml: data.image_size: ") and "at least 75 px a side" in msg, msg
 
 
 def test_validate_accepts_paths_and_tfds_val_split():

@@ -173,7 +173,7 @@ def scan(path: str, key: str, info: dict, data) -> Tuple[List[dict], dict]:
     """Bad rows of a float image array (NaN under ``data.nan: error``, inf, an all-NaN band under
     ``median``) as ``[{"path": "file.h5:images[i]", "reason"}]``, and the NaN count per row that has
     any. Integer arrays hold no NaN and are not read. Reads block by block, like training."""
-    from keras_tl.data import pipeline
+    from keras_tl.data import scale as scale_lib
 
     if not np.issubdtype(np.dtype(info["dtype"]), np.floating):
         return [], {}
@@ -184,7 +184,7 @@ def scan(path: str, key: str, info: dict, data) -> Tuple[List[dict], dict]:
         if info["squeeze"]:
             images = images[..., None]
         for j, img in enumerate(images):
-            reason, n_nan = pipeline.array_problem(img, data)
+            reason, n_nan = scale_lib.array_problem(img, data)
             name = f"{path}:{key}[{start + j}]"
             if n_nan:
                 nans[name] = n_nan

@@ -10,12 +10,10 @@ export applies); labels as int32 ``[B]``. Model-specific preprocessing is the mo
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 import io
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
@@ -134,9 +132,6 @@ def resize(image: tf.Tensor, size: Tuple[int, int], mode: str) -> tf.Tensor:
 
 # ------------------------------------------------------------------------ scan
 
-_SCAN_CACHE: "collections.OrderedDict[tuple, dict]" = collections.OrderedDict()
-
-
 def _bad_image_reason(path: str) -> str:
     from PIL import Image, UnidentifiedImageError
 
@@ -193,26 +188,6 @@ def _too_small(paths, shapes, data) -> List[dict]:
     return out
 
 
-def array_problem(arr: np.ndarray, data) -> Tuple[Optional[str], int]:
-    """Why a decoded (H, W, C) array cannot be used under ``data`` (None if it can), and its NaN count."""
-    if arr.shape[-1] != data.channels:
-        return f"has {arr.shape[-1]} bands (shape {arr.shape}) but data.channels is {data.channels}", 0
-    if not np.issubdtype(arr.dtype, np.floating):
-        return None, 0
-    nan = np.isnan(arr)
-    n_nan = int(nan.sum())
-    n_inf = int(np.isinf(arr).sum())
-    if n_inf:
-        return f"contains {n_inf} infinite values (NaN marks masked pixels; inf is not a flux)", n_nan
-    if n_nan and data.nan == "error":
-        return (f"has {n_nan} NaN pixels of {arr.size} (masked pixels?); set data.nan: zero or median to fill them"), n_nan
-    if n_nan and data.nan == "median":
-        empty = [k for k in range(arr.shape[-1]) if nan[..., k].all()]
-        if empty:
-            return f"band {empty[0]} is all NaN: data.nan: median has no value to fill it with (use zero, or drop the file)", n_nan
-    return None, n_nan
-
-
 def _scan_arrays(paths: List[str], data, file_kind: str) -> Tuple[List[dict], Dict[str, int], List[str], List[int]]:
     """(bad files, NaN count per file that has any, distinct dtypes of the readable files, FITS HDUs read)."""
     def check(i):
@@ -227,7 +202,7 @@ def _scan_arrays(paths: List[str], data, file_kind: str) -> Tuple[List[dict], Di
             return i, None, str(e), 0, None, None
         except Exception as e:  # noqa: BLE001 - a corrupt array file is reported, not raised
             return i, None, f"unreadable array: {' '.join(str(e).split())[:160] or type(e).__name__}", 0, None, None
-        reason, n_nan = array_problem(arr, data)
+        reason, n_nan = scale_lib.array_problem(arr, data)
         return i, arr.shape[:2], reason, n_nan, arr.dtype.name, hdu
 
     bad, shapes, nans, dtypes, hdus = [], {}, {}, set(), set()
@@ -248,16 +223,12 @@ def _scan_arrays(paths: List[str], data, file_kind: str) -> Tuple[List[dict], Di
 def _scan_hdf5(source: Source, data) -> dict:
     from keras_tl.data import hdf5
 
-    st = os.stat(data.path)
-    key = ("hdf5", os.path.realpath(data.path), st.st_mtime_ns, st.st_size, data.hdf5.images, data.channels, data.nan)
-    if key not in _SCAN_CACHE:
-        t0 = time.perf_counter()
-        bad, nans = hdf5.scan(data.path, data.hdf5.images, source.hdf5, data)
-        note = None if np.issubdtype(np.dtype(source.hdf5["dtype"]), np.floating) else f"{source.hdf5['dtype']} images hold no NaN: not read"
-        _SCAN_CACHE[key] = {"checked": source.hdf5["n"] if note is None else 0, "bad": bad, "nan_counts": nans,
-                            "dtypes": [source.hdf5["dtype"]], "seconds": round(time.perf_counter() - t0, 3),
-                            **({"note": note} if note else {})}
-    return _SCAN_CACHE[key]
+    t0 = time.perf_counter()
+    bad, nans = hdf5.scan(data.path, data.hdf5.images, source.hdf5, data)
+    note = None if np.issubdtype(np.dtype(source.hdf5["dtype"]), np.floating) else f"{source.hdf5['dtype']} images hold no NaN: not read"
+    return {"checked": source.hdf5["n"] if note is None else 0, "bad": bad, "nan_counts": nans,
+            "dtypes": [source.hdf5["dtype"]], "seconds": round(time.perf_counter() - t0, 3),
+            **({"note": note} if note else {})}
 
 
 def _scan_source(source: Source, data) -> dict:
@@ -269,23 +240,15 @@ def _scan_source(source: Source, data) -> dict:
                 "note": f"{source.kind} data are not scanned"}
     else:
         paths = source.pools["train"].paths
-        key = (tuple(paths), source.file_kind, data.channels, tuple(data.image_size), data.resize, data.image_key,
-               data.nan, data.fits.hdu)
-        if key in _SCAN_CACHE:
-            result = _SCAN_CACHE[key]
+        t0 = time.perf_counter()
+        if source.file_kind == "image":
+            bad, nans, dtypes, hdus = _scan_images(paths, data), {}, ["uint8"], []
         else:
-            t0 = time.perf_counter()
-            if source.file_kind == "image":
-                bad, nans, dtypes, hdus = _scan_images(paths, data), {}, ["uint8"], []
-            else:
-                bad, nans, dtypes, hdus = _scan_arrays(paths, data, source.file_kind)
-            bad.sort(key=lambda b: b["path"])
-            result = {"checked": len(paths), "bad": bad, "nan_counts": nans, "dtypes": dtypes,
-                      "seconds": round(time.perf_counter() - t0, 3), **({"fits_hdus": hdus} if source.file_kind == "fits" else {})}
-            _SCAN_CACHE[key] = result
+            bad, nans, dtypes, hdus = _scan_arrays(paths, data, source.file_kind)
+        bad.sort(key=lambda b: b["path"])
+        result = {"checked": len(paths), "bad": bad, "nan_counts": nans, "dtypes": dtypes,
+                  "seconds": round(time.perf_counter() - t0, 3), **({"fits_hdus": hdus} if source.file_kind == "fits" else {})}
         total, unit = len(paths), "files"
-    while len(_SCAN_CACHE) > 4:
-        _SCAN_CACHE.popitem(last=False)
     if result["bad"] and data.on_bad_file == "error":
         first = result["bad"][0]
         raise DataError(
@@ -453,51 +416,27 @@ def _finish(ds, split, n, data, *, ordered, seed, batch_size, drop_remainder, tr
     return ds.with_options(opts)
 
 
-def build_datasets(
-    recipe,
-    *,
-    global_batch_size: Optional[int] = None,
-    drop_remainder: bool = False,
-    augment: bool = True,
-    shuffle: bool = True,
-    scanned: Optional[dict] = None,
-) -> Datasets:
-    """Train/val/test datasets for ``recipe`` (see the module docstring for the element format).
+def _drop_bad_files(source: Source, skipped: List[dict]) -> None:
+    """Remove the scan's bad files (data.on_bad_file: skip) from the train pool, in place."""
+    pool = source.pools["train"]
+    if source.kind == "hdf5":
+        drop_rows = {b["row"] for b in skipped}
+        keep = np.asarray([i for i, r in enumerate(pool.indices.tolist()) if r not in drop_rows], np.int64)
+    else:
+        drop = {b["path"] for b in skipped}
+        keep = np.asarray([i for i, p in enumerate(pool.paths) if p not in drop], np.int64)
+    if len(keep) == 0:
+        raise DataError(f"data.path: all {len(pool)} files are bad (first: {skipped[0]['path']}: {skipped[0]['reason']})")
+    pool = pool.select(keep)
+    empty = [c for i, c in enumerate(source.class_names) if not np.any(pool.labels == i)]
+    if empty:
+        raise DataError(f"data.path: class {empty[0]!r} has no readable files after skipping bad ones; see the bad-file list")
+    source.pools["train"] = pool
 
-    ``global_batch_size`` overrides ``data.batch_size`` (the runtime passes per-replica ×
-    replicas). Bad files are found before any dataset is built (see :func:`scan`).
-    Augmentation and shuffling apply to train only, seeded from ``recipe.seed``. ``scanned``:
-    :func:`scan`'s result for this recipe, when the caller has it (the files are not read again).
-    """
-    data = recipe.data
-    source = load_source(data)
-    scan_result = scanned if scanned is not None else _scan_source(source, data)
-    skipped = scan_result["bad"]
-    if skipped:
-        pool = source.pools["train"]
-        if source.kind == "hdf5":
-            drop_rows = {b["row"] for b in skipped}
-            keep = np.asarray([i for i, r in enumerate(pool.indices.tolist()) if r not in drop_rows], np.int64)
-        else:
-            drop = {b["path"] for b in skipped}
-            keep = np.asarray([i for i, p in enumerate(pool.paths) if p not in drop], np.int64)
-        if len(keep) == 0:
-            raise DataError(f"data.path: all {len(pool)} files are bad (first: {skipped[0]['path']}: {skipped[0]['reason']})")
-        pool = pool.select(keep)
-        empty = [c for i, c in enumerate(source.class_names) if not np.any(pool.labels == i)]
-        if empty:
-            raise DataError(f"data.path: class {empty[0]!r} has no readable files after skipping bad ones; see the bad-file list")
-        source.pools["train"] = pool
-    if source.kind == "files" and source.file_kind in ("array", "fits"):
-        # Arrays and FITS hold whatever dtype was stored; all-uint8 files are 8-bit pixels.
-        source.eight_bit = scan_result.get("dtypes") == ["uint8"]
-    transform = scale_lib.resolve(data, source.eight_bit)
-    transform_tag = hashlib.sha256(json.dumps(transform, sort_keys=True).encode()).hexdigest()[:8]
-    full_size = {p.tfds_split: len(p) for p in source.pools.values() if p.tfds_split}
-    pools, origin = _make_splits(source, data)
-    batch_size = int(global_batch_size or data.batch_size)
-    if batch_size < 1:
-        raise DataError(f"global_batch_size: must be >= 1, got {batch_size}")
+
+def _split_counts(source: Source, pools: Dict[str, Pool], batch_size: int, drop_remainder: bool):
+    """(counts, class_counts, hashes) of the non-empty splits; DataError for an empty train split or,
+    with static shapes, a split smaller than one batch."""
     k = len(source.class_names)
     counts, class_counts, hashes = {}, {}, {}
     for s in SPLITS:
@@ -514,37 +453,18 @@ def build_datasets(
                     f"data.batch_size: the {s} split has {n} examples, fewer than the global batch size {batch_size}; "
                     f"with static shapes (TPU) every batch must be full: lower data.batch_size or add data"
                 )
-    # Scaled data are in 0..255 like 8-bit pixels: augmentation clips to that range too.
-    clip_max = 255.0 if source.eight_bit or transform["scale"]["method"] != "none" else None
-    out = {}
-    train_in_order = None
-    serving = {}
-    for i, s in enumerate(SPLITS):
-        if s not in counts:
-            out[s] = None
-            continue
-        is_train = s == "train"
-        ordered = not (is_train and shuffle)
-        raw = _element_dataset(source, pools[s], data, full_size, ordered)
-        serving[s] = raw
-        ds = raw.map(lambda x, y: (scale_lib.apply(x, transform), y), num_parallel_calls=AUTOTUNE,
-                     deterministic=True if ordered else None)
-        common = dict(seed=int(recipe.seed) * 7 + i, batch_size=batch_size, drop_remainder=drop_remainder, clip_max=clip_max,
-                      cache_tag=f"{hashes[s]}-{data.image_size[0]}x{data.image_size[1]}-{data.resize}-{data.channels}-{transform_tag}")
-        train_aug = is_train and augment and augment_lib.is_active(data.augment)
-        out[s] = _finish(ds, s, counts[s], data, ordered=ordered, train_aug=train_aug, shuffle=is_train and shuffle, **common)
-        if is_train:
-            # Same element dataset (images are not generated or listed twice); the element map
-            # follows the options, which _finish makes deterministic for an ordered dataset.
-            train_in_order = out[s] if ordered and not train_aug else _finish(
-                ds, s, counts[s], data, ordered=True, train_aug=False, shuffle=False, cache=False, **common)
-    class_weights = split_lib.balanced_class_weights(class_counts["train"]) if data.class_weights else None
+    return counts, class_counts, hashes
+
+
+def _data_info(source: Source, data, scan_result: dict, origin: dict, counts: dict, hashes: dict, *,
+               batch_size: int, drop_remainder: bool, augment: bool, transform: dict) -> dict:
+    """Datasets.info: what was read, split, skipped, scaled (written to run.json)."""
     nan_counts = scan_result.get("nan_counts", {})
     info = {
         "source": source.description,
         "split_hash": hashes,
         "split_origin": {s: origin[s] for s in counts},
-        "skipped_files": skipped,
+        "skipped_files": scan_result["bad"],
         "ignored_files": source.ignored_files[:100],
         "num_ignored_files": len(source.ignored_files),
         "scan": {k_: v for k_, v in scan_result.items() if k_ not in ("bad", "skipped_files", "nan_counts")},
@@ -564,6 +484,67 @@ def build_datasets(
     if source.kind == "files" and source.file_kind == "fits":
         info["fits_hdu"] = {"requested": data.fits.hdu if data.fits.hdu is not None else "first HDU with image data",
                             "read": scan_result.get("fits_hdus", [])}
+    return info
+
+
+def build_datasets(
+    recipe,
+    *,
+    global_batch_size: Optional[int] = None,
+    drop_remainder: bool = False,
+    augment: bool = True,
+    shuffle: bool = True,
+    scanned: Optional[dict] = None,
+) -> Datasets:
+    """Train/val/test datasets for ``recipe`` (see the module docstring for the element format).
+
+    ``global_batch_size`` overrides ``data.batch_size`` (the runtime passes per-replica ×
+    replicas). Bad files are found before any dataset is built (see :func:`scan`).
+    Augmentation and shuffling apply to train only, seeded from ``recipe.seed``. ``scanned``:
+    :func:`scan`'s result for this recipe, when the caller has it (the files are not read again).
+    """
+    data = recipe.data
+    source = load_source(data)
+    scan_result = scanned if scanned is not None else _scan_source(source, data)
+    if scan_result["bad"]:
+        _drop_bad_files(source, scan_result["bad"])
+    if source.kind == "files" and source.file_kind in ("array", "fits"):
+        # Arrays and FITS hold whatever dtype was stored; all-uint8 files are 8-bit pixels.
+        source.eight_bit = scan_result.get("dtypes") == ["uint8"]
+    transform = scale_lib.resolve(data, source.eight_bit)
+    transform_tag = hashlib.sha256(json.dumps(transform, sort_keys=True).encode()).hexdigest()[:8]
+    full_size = {p.tfds_split: len(p) for p in source.pools.values() if p.tfds_split}
+    pools, origin = _make_splits(source, data)
+    batch_size = int(global_batch_size or data.batch_size)
+    if batch_size < 1:
+        raise DataError(f"global_batch_size: must be >= 1, got {batch_size}")
+    counts, class_counts, hashes = _split_counts(source, pools, batch_size, drop_remainder)
+    # Scaled data are in 0..255 like 8-bit pixels: augmentation clips to that range too.
+    clip_max = 255.0 if source.eight_bit or transform["scale"]["method"] != "none" else None
+    out = {s: None for s in SPLITS}
+    train_in_order = None
+    serving = {}
+    for i, s in enumerate(SPLITS):
+        if s not in counts:
+            continue
+        is_train = s == "train"
+        ordered = not (is_train and shuffle)
+        raw = _element_dataset(source, pools[s], data, full_size, ordered)
+        serving[s] = raw
+        ds = raw.map(lambda x, y: (scale_lib.apply(x, transform), y), num_parallel_calls=AUTOTUNE,
+                     deterministic=True if ordered else None)
+        common = dict(seed=int(recipe.seed) * 7 + i, batch_size=batch_size, drop_remainder=drop_remainder, clip_max=clip_max,
+                      cache_tag=f"{hashes[s]}-{data.image_size[0]}x{data.image_size[1]}-{data.resize}-{data.channels}-{transform_tag}")
+        train_aug = is_train and augment and augment_lib.is_active(data.augment)
+        out[s] = _finish(ds, s, counts[s], data, ordered=ordered, train_aug=train_aug, shuffle=is_train and shuffle, **common)
+        if is_train:
+            # Same element dataset (images are not generated or listed twice); the element map
+            # follows the options, which _finish makes deterministic for an ordered dataset.
+            train_in_order = out[s] if ordered and not train_aug else _finish(
+                ds, s, counts[s], data, ordered=True, train_aug=False, shuffle=False, cache=False, **common)
+    class_weights = split_lib.balanced_class_weights(class_counts["train"]) if data.class_weights else None
+    info = _data_info(source, data, scan_result, origin, counts, hashes, batch_size=batch_size,
+                      drop_remainder=drop_remainder, augment=augment, transform=transform)
     return Datasets(
         train=out["train"],
         val=out["val"],

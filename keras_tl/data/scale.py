@@ -24,7 +24,9 @@ pipeline (per image) and the SavedModel (per batch) run the same graph on the sa
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
+
+import numpy as np
 
 NAN_POLICIES = ("error", "zero", "median")
 SCALE_METHODS = ("auto", "none", "percentile", "asinh")
@@ -88,6 +90,26 @@ def check(spec: Optional[dict]) -> dict:
 
 
 # ------------------------------------------------------------------- TF ops
+
+
+def array_problem(arr: np.ndarray, data) -> Tuple[Optional[str], int]:
+    """Why a decoded (H, W, C) array cannot be used under ``data`` (None if it can), and its NaN count."""
+    if arr.shape[-1] != data.channels:
+        return f"has {arr.shape[-1]} bands (shape {arr.shape}) but data.channels is {data.channels}", 0
+    if not np.issubdtype(arr.dtype, np.floating):
+        return None, 0
+    nan = np.isnan(arr)
+    n_nan = int(nan.sum())
+    n_inf = int(np.isinf(arr).sum())
+    if n_inf:
+        return f"contains {n_inf} infinite values (NaN marks masked pixels; inf is not a flux)", n_nan
+    if n_nan and data.nan == "error":
+        return (f"has {n_nan} NaN pixels of {arr.size} (masked pixels?); set data.nan: zero or median to fill them"), n_nan
+    if n_nan and data.nan == "median":
+        empty = [k for k in range(arr.shape[-1]) if nan[..., k].all()]
+        if empty:
+            return f"band {empty[0]} is all NaN: data.nan: median has no value to fill it with (use zero, or drop the file)", n_nan
+    return None, n_nan
 
 
 def _batched(fn, images):

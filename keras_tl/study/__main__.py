@@ -69,6 +69,9 @@ def main(argv) -> int:
     if FLAGS.dry_run:
         for p in problems:
             print(f"  MISSING WEIGHTS: {p}", flush=True)
+        existing = FLAGS.workdir or os.path.join("runs", "studies", plan.name)
+        if runner.check_plan(existing, plan):
+            print(f"  {existing}: holds this plan; --resume continues it", flush=True)
         return 0
     if problems:
         # Checked before the first run: an hour in, a missing file would waste the runs before it.

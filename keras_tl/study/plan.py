@@ -44,16 +44,6 @@ MAX_RUNS = 100_000
 # Keys an axis may not vary: arms share splits and run seeds (the study sets those itself).
 RESERVED_KEYS = {"seed": "study.seeds sets the run seeds", "data.split_seed": "arms must share their splits"}
 
-# Rough CPU training cost (seconds per image, 64x64 px, 2 cores, batch 32, every layer training),
-# scaled by pixel count above 64 px. resnet101: DESIGN.md's ~50-60 images/s; mobilenetv3small:
-# keras.applications + train_on_batch on this machine; resnet50: resnet101 × their FLOPs ratio.
-# Pass --seconds_per_image or --measure_cost for a figure that fits your machine.
-DEFAULT_SECONDS_PER_IMAGE_64PX = {
-    "mobilenetv3small": 0.0020,
-    "resnet50": 0.0100,
-    "resnet101": 0.0190,
-}
-DEFAULT_SECONDS_PER_IMAGE_FALLBACK = 0.0190
 # Per-run CPU seconds outside the training steps (model build, graph tracing, evaluation, export):
 # recipes/study_smoke.yaml used 241 CPU-s for 4 runs of 640 training images each (ResNet-50, 32 px).
 SECONDS_PER_RUN_OVERHEAD = 50.0
@@ -338,9 +328,23 @@ class Plan:
         }
 
     def fingerprint(self) -> str:
-        data = self.to_json()
-        data.pop("source")
-        return hashlib.sha256(_canon(data).encode()).hexdigest()[:16]
+        return fingerprint_of(self.to_json())
+
+
+def fingerprint_of(data: dict) -> str:
+    """The fingerprint of a plan's JSON (:meth:`Plan.to_json`, or a plan.json any keras_tl version wrote).
+
+    A hash of the plan without its source path, where the base recipe and the study section keep
+    only the values that differ from their schema defaults: a field added to either schema later,
+    at its default, leaves every existing study's fingerprint as it was (and its --resume working).
+    A base recipe the current schema cannot read raises RecipeError.
+    """
+    data = {k: v for k, v in data.items() if k not in ("source", "fingerprint")}
+    base = recipe_lib.from_dict(data["base_recipe"], "<plan.json base_recipe>", validate_=False)
+    data["base_recipe"] = recipe_lib.canonical(base)
+    defaults = _study_json(StudyConfig(axes={}))
+    data["study"] = {k: v for k, v in data["study"].items() if k == "axes" or k not in defaults or _canon(v) != _canon(defaults[k])}
+    return hashlib.sha256(_canon(data).encode()).hexdigest()[:16]
 
 
 def _study_json(s: StudyConfig) -> dict:
@@ -735,8 +739,12 @@ def images_per_run(recipe: recipe_lib.Recipe, study: Optional[StudyConfig] = Non
 
 
 def default_seconds_per_image(recipe: recipe_lib.Recipe) -> float:
+    """The backbone record's rough CPU cost (64 px, 2 cores, every layer training), scaled by pixel
+    count above 64 px. --seconds_per_image or --measure_cost give a figure that fits your machine."""
+    from keras_tl import backbones
+
     h, w = recipe.data.image_size
-    s = DEFAULT_SECONDS_PER_IMAGE_64PX.get(recipe.model.backbone, DEFAULT_SECONDS_PER_IMAGE_FALLBACK)
+    s = backbones.get(recipe.model.backbone).seconds_per_image_64px or backbones.DEFAULT_SECONDS_PER_IMAGE
     # Below 64 px per-step overheads dominate, so smaller images are not proportionally cheaper.
     return s * max(1.0, (h * w) / (64 * 64))
 
@@ -781,8 +789,13 @@ def estimate_cost(plan: Plan, seconds_per_image: Optional[float] = None, source:
     if seconds_per_image is None and plan.study.seconds_per_image is not None:
         seconds_per_image, source = plan.study.seconds_per_image, "study.seconds_per_image"
     if seconds_per_image is None:
+        from keras_tl import backbones
+
         seconds_per_image = default_seconds_per_image(plan.base)
-        source = f"rough default for {plan.base.model.backbone} at {plan.base.data.image_size[0]}x{plan.base.data.image_size[1]} px"
+        name = plan.base.model.backbone
+        if backbones.get(name).seconds_per_image_64px is None:
+            name += " (not measured: the fallback figure)"
+        source = f"rough default for {name} at {plan.base.data.image_size[0]}x{plan.base.data.image_size[1]} px"
     epochs, images = 0, 0
     for run in plan.runs:
         epochs += sum(ph.epochs for ph in run.recipe.train.phases)

@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from keras_tl import fs
 from keras_tl.errors import UserError, WorkdirError
-from keras_tl.study.plan import Plan, Run
+from keras_tl.study.plan import Plan, Run, fingerprint_of
 
 DONE = "DONE"
 METRICS = "metrics.json"
@@ -186,10 +186,16 @@ def write_plan(workdir: str, plan: Plan) -> None:
     fs.makedirs(os.path.join(workdir, "runs"))
     fs.makedirs(os.path.join(workdir, "claims"))
     path = os.path.join(workdir, "plan.json")
-    data = {"fingerprint": plan.fingerprint(), **plan.to_json()}
-    text = json.dumps(data, indent=2) + "\n"
-    if fs.create_exclusive(path, text):
-        return
+    text = json.dumps({"fingerprint": plan.fingerprint(), **plan.to_json()}, indent=2) + "\n"
+    if not fs.create_exclusive(path, text):
+        check_plan(workdir, plan)
+
+
+def check_plan(workdir: str, plan: Plan) -> bool:
+    """WorkdirError unless ``workdir``'s plan.json (if any) is ``plan``; writes nothing. True if it exists."""
+    path = os.path.join(workdir, "plan.json")
+    if not fs.exists(path):
+        return False
     old = None
     for _ in range(50):  # another worker may be between creating plan.json and writing it
         try:
@@ -199,11 +205,18 @@ def write_plan(workdir: str, plan: Plan) -> None:
             time.sleep(0.1)
     if old is None:
         raise WorkdirError(f"{path}: unreadable plan file; delete it if no worker is running this study")
-    if old.get("fingerprint") != data["fingerprint"]:
+    try:
+        # Recomputed from the stored plan rather than trusting its "fingerprint" entry: plan.json
+        # files written before the fingerprint ignored schema defaults still match their own study.
+        old_fingerprint = fingerprint_of(old)
+    except (UserError, KeyError, TypeError):
+        old_fingerprint = old.get("fingerprint")
+    if old_fingerprint != plan.fingerprint():
         raise WorkdirError(
-            f"{workdir}: holds a different study plan (fingerprint {old.get('fingerprint')} != {data['fingerprint']}); "
+            f"{workdir}: holds a different study plan (fingerprint {old_fingerprint} != {plan.fingerprint()}); "
             "use the same recipe and --set flags as the other workers, or choose another --workdir"
         )
+    return True
 
 
 # --------------------------------------------------------------- running
