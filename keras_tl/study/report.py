@@ -453,6 +453,8 @@ def comparison_clause(study: dict, c: dict) -> str:
 
 def _chance_flags(c: dict) -> str:
     """'; scratch at chance', '; 2 collapsed seeds in imagenet' (empty when nothing to flag)."""
+    if c.get("verdict") == stats.BOTH_AT_CHANCE:
+        return ""
     out = []
     for side in ("a", "b"):
         if c.get("at_chance", {}).get(side):
