@@ -336,3 +336,73 @@ def test_freeze_plot_is_points_with_error_bars_and_curves_mark_phases(tmp_path, 
     assert [ln.get_xdata()[0] for ln in curves.axes[0].lines if ln.get_linestyle() == ":"] == [2.5]
     for f in figs:
         plt.close(f)
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--force-device-scale-factor=1", "--hide-scrollbars", "--enable-logging=stderr", "--v=0"]
+# Injected into a copy of the page: records errors (script, resource) and, once loaded, every image's
+# decoded size and every section's position, into a <pre> that --dump-dom prints.
+PROBE_HEAD = ("<script>window.__errs=[];window.addEventListener('error',function(e){__errs.push(String(e.message||"
+              "(e.target&&e.target.src||'').slice(0,80)||'resource'))},true);var __ce=console.error;"
+              "console.error=function(){__errs.push('console.error: '+[].join.call(arguments,' '));__ce.apply(console,arguments)};</script>")
+PROBE_TAIL = ("<script>window.addEventListener('load',function(){var r={errors:__errs,height:document.documentElement.scrollHeight,"
+              "images:[].map.call(document.images,function(i){var b=i.getBoundingClientRect();return {id:i.id,ok:i.complete&&i.naturalWidth>0,"
+              "top:b.top+scrollY,bottom:b.bottom+scrollY,left:b.left,right:b.right}}),"
+              "sections:[].map.call(document.querySelectorAll('h1,h2'),function(h){return {title:h.textContent,top:h.getBoundingClientRect().top+scrollY}})};"
+              "var p=document.createElement('pre');p.id='__probe';p.textContent=JSON.stringify(r);document.body.appendChild(p)});</script>")
+
+
+def _chromium():
+    import shutil
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("chromium is not installed: .ci/run installs the Debian package (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed (CI installs it; locally: apt-get install -y chromium)")
+    return exe
+
+
+def _run_chromium(exe, tmp_path, name, args):
+    import subprocess
+
+    profile = tmp_path / f"profile_{name}"  # a fresh profile per run: nothing cached from another
+    proc = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_report_renders_in_headless_chromium(built, tmp_path):
+    """report.html in a real browser: every image decodes, no console error, and the screenshot is not blank where sections are."""
+    from PIL import Image
+
+    exe = _chromium()
+    _, study, paths = built
+    page = open(paths["html"], encoding="utf-8").read()
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>", PROBE_TAIL + "</body>", 1), encoding="utf-8")
+    dom = _run_chromium(exe, tmp_path, "probe", ["--window-size=1200,900", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()]).stdout
+    m = re.search(r"<pre id=\"__probe\">(.*?)</pre>", dom, re.S)
+    assert m, dom[-500:]
+    info = json.loads(html.unescape(m.group(1)))
+    assert info["errors"] == []
+    assert len(info["images"]) == len(report.PLOTS) and all(i["ok"] for i in info["images"]), info["images"]
+    titles = [s["title"] for s in info["sections"]]
+    assert "Arms" in titles and "Methods" in titles
+
+    height = int(info["height"])
+    shot = tmp_path / "shot.png"
+    run = _run_chromium(exe, tmp_path, "shot", [f"--window-size=1200,{height}", f"--screenshot={shot}", "--virtual-time-budget=5000",
+                                                 "file://" + paths["html"]])
+    assert ":CONSOLE" not in run.stderr, [ln for ln in run.stderr.splitlines() if ":CONSOLE" in ln]
+    img = np.asarray(Image.open(shot).convert("L"), dtype=np.uint8)
+    assert img.shape[0] >= height - 5 and img.shape[1] == 1200
+    inked_rows = (img < 235).any(axis=1)
+    tops = [int(s["top"]) for s in info["sections"]] + [height]
+    for s, top, bottom in zip(info["sections"], tops, tops[1:]):
+        share = inked_rows[top:bottom].mean() if bottom > top else 0.0
+        assert share > 0.3, (s["title"], top, bottom, share)  # text or a plot on most lines of every section
+    for i in info["images"]:
+        crop = img[int(i["top"]):int(i["bottom"]), int(i["left"]):int(i["right"])]
+        assert crop.size and (crop < 200).mean() > 0.01, i["id"]  # a drawn plot, not an empty box
