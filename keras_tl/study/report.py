@@ -433,7 +433,7 @@ def comparison_clause(study: dict, c: dict) -> str:
     flags = _chance_flags(c)
     ci = f"95% CI {fmt_diff(study, c['ci_lo'])} to {fmt_diff(study, c['ci_hi'])}"
     pb = f"P(better)={c['p_better']:.2f}" if c.get("p_better") is not None else ""
-    tail = f"({ci}, {pb}, {c['n']} seeds{flags})"
+    tail = f"({ci}, {pb}, {c['n']} seed{'s' if c['n'] != 1 else ''}{flags})"
     if c["verdict"] == stats.BETTER:
         return f"{c['a']} beats {c['b']}{where} by {fmt_diff(study, c['mean'])}{unit} {tail}."
     if c["verdict"] == stats.WORSE:
@@ -441,6 +441,8 @@ def comparison_clause(study: dict, c: dict) -> str:
     need = c.get("seeds_needed")
     if c.get("collapsed", {}).get("a") or c.get("collapsed", {}).get("b"):
         resolve = "seeds that collapsed to chance make this CI untrustworthy, and more seeds will not settle it until the collapse is fixed"
+    elif c["n"] < 2:
+        resolve = "one paired seed gives no interval, so no verdict is possible yet"
     elif need is None:
         resolve = "the observed difference is too small to resolve with a feasible number of seeds"
     elif need <= c["n"]:
@@ -448,7 +450,7 @@ def comparison_clause(study: dict, c: dict) -> str:
     else:
         resolve = f"~{need} seeds would resolve it"
     return (f"{c['a']} vs {c['b']}{where}: no evidence of a difference at this budget "
-            f"({fmt_diff(study, c['mean'])}{unit}, {ci}, {c['n']} seeds{flags}); {resolve}.")
+            f"({fmt_diff(study, c['mean'])}{unit}, {ci}, {c['n']} seed{'s' if c['n'] != 1 else ''}{flags}); {resolve}.")
 
 
 def _chance_flags(c: dict) -> str:
