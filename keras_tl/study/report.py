@@ -395,9 +395,10 @@ def chance_sentence(study: dict) -> str:
                  f"(seed {', '.join(map(str, a['at_chance_seeds']))}) while the others learned ({fmt_val(study, a['learned']['mean'])}%)"
                  + (f"; {cause}" if cause else "") + "; an interval over such a two-mode arm is not trustworthy"
                  f" (simulated: with 20% of seeds collapsing, the 95% CI of a difference covered the truth {COLLAPSE_COVERAGE_5:.0%} of the time at 5 seeds).")
-    picked_elsewhere = [(a, x) for a in arms for x in a.get("lr_at_chance", []) if x["lr"] != a["lr_picked"] and x["at_chance"]]
-    if picked_elsewhere:
-        text += " Not picked, at chance: " + "; ".join(f"{a['label']} at lr {x['lr']:g} ({x['at_chance']} of {x['n']} seeds)" for a, x in picked_elsewhere) + "."
+    elsewhere = [(a, x) for a in arms for x in a.get("lr_at_chance", []) if x["lr"] != a["lr_picked"] and x["at_chance"]]
+    if elsewhere:
+        text += (" Not picked, at chance: "
+                 + "; ".join(f"{a['label']} at lr {x['lr']:g} ({x['at_chance']} of {x['n']} seeds)" for a, x in elsewhere) + ".")
     return text
 
 
@@ -710,7 +711,8 @@ COMPARISON_NOTE = ("held fixed: the other varied factors, equal in the arm and i
 
 
 def _crossover_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
-    head = ["arms", "held fixed", "data fraction where the difference reaches 0 (fraction)", "95% CI (fraction)", "training images (images)", "resamples crossing (%)"]
+    head = ["arms", "held fixed", "data fraction where the difference reaches 0 (fraction)", "95% CI (fraction)",
+            "training images (images)", "resamples crossing (%)"]
     rows = []
     for x in study["crossovers"]:
         if x.get("fraction") is None:
