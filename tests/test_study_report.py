@@ -406,3 +406,26 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
     for i in info["images"]:
         crop = img[int(i["top"]):int(i["bottom"]), int(i["left"]):int(i["right"])]
         assert crop.size and (crop < 200).mean() > 0.01, i["id"]  # a drawn plot, not an empty box
+
+
+def test_many_comparisons_count_those_at_chance(tmp_path):
+    plan = make_plan(tmp_path)  # 6 comparisons
+    results = {r.key: {"test": _acc(0.1 if plan.arm(r.arm_id).values["data_fraction"] < 1 else 0.5 + 0.01 * r.seed, n=400),
+                       "val": {}, "history": {}} for r in plan.runs}
+    study = report.analyze(plan, results)
+    assert sum(c["verdict"] == stats.BOTH_AT_CHANCE for c in study["comparisons"]) == 4
+    assert "4 compare two arms that are both at chance and say nothing about the question" in study["verdict"]
+
+
+def test_phase_starts_come_from_run_json(tmp_path):
+    plan = make_plan(tmp_path, "\n  init: [imagenet, none]\n  seeds: 2\n")
+    wd = tmp_path / "wd"
+    results = {}
+    for r in plan.runs:
+        d = wd / "runs" / r.key
+        d.mkdir(parents=True)
+        (d / "run.json").write_text(json.dumps({"phases": [{"epochs_run": 2}, {"epochs_run": 4}, {"epochs_run": 1}]}))
+        results[r.key] = {"test": _acc(0.5), "val": {}, "history": {"accuracy": [0.1] * 7}}
+    report._add_phase_epochs(plan, str(wd), results)
+    study = report.analyze(plan, results)
+    assert all(a["phase_starts"] == [3, 7] for a in study["arms"])
