@@ -308,6 +308,8 @@ def test_arm_intervals_stay_within_0_and_100(tmp_path):
         assert 0.0 <= a["lo"] <= a["mean"] <= a["hi"] <= 1.0
         for band in a["history"].values():
             assert all(0.0 <= p["lo"] <= p["hi"] <= 1.0 for p in band)
+    (c,) = study["comparisons"]
+    assert -1.0 <= c["ci_lo"] <= c["mean"] <= c["ci_hi"] <= 1.0 and c["t_lo"] < -1.0  # the raw t end was below -100 points
     scratch = next(a for a in study["arms"] if a["values"]["init"] == "none")
     assert scratch["hi"] < 1.0  # the logit side keeps the upper end inside, not clipped to 100
 

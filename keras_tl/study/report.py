@@ -91,6 +91,7 @@ def analyze(plan: Plan, results: Dict[str, dict], *, seed: int = 0, n_boot: int 
             "difference_ci": f"paired by seed; 95% bootstrap CI (expanded percentile, {n_boot} resamples, seed {seed}), "
                              f"each end widened to the paired t-interval where that is wider, with >= {stats.MIN_SEEDS_BOOTSTRAP} seeds; "
                              "paired t-interval alone below that",
+            "difference_bounds": "for proportions the difference CI is cut to -100..+100 points, the range a difference can take",
             "p_values": "two-sided paired t-test, Holm-corrected across all comparisons (sign-flip permutation p also listed)",
             "p_better": "share of seeds where the arm beats its baseline (ties count half), Wilson 95% interval",
             "verdict": ("better/worse when the CI excludes 0 and the Holm-adjusted p < 0.05; 'both arms at chance' when every paired "
@@ -169,6 +170,10 @@ def _comparisons(plan: Plan, per_seed: Dict[str, Dict[int, float]], *, seed: int
         if len(common) >= 1:
             entry.update(stats.compare([per_seed[arm.id][k] for k in common], [per_seed[ref.id][k] for k in common],
                                        higher_is_better=hib, seed=seed, n_boot=n_boot))
+            if _bounded(plan.study.metric) and entry["ci_lo"] is not None:
+                # A difference of two proportions lies in [-1, 1]; a t end past that (2-4 seeds far
+                # apart reach ±200 points) carries no information, and cutting it cannot lose coverage.
+                entry.update(ci_lo=max(-1.0, entry["ci_lo"]), ci_hi=min(1.0, entry["ci_hi"]))
         else:
             entry.update({"n": 0, "mean": None, "ci_lo": None, "ci_hi": None, "p_t": None, "seeds_needed": None})
         comparisons.append(entry)
