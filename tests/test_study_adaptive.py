@@ -137,7 +137,9 @@ def test_adaptive_seeds_in_the_study_recipe(tmp_path):
     plan = plan_lib.load_plan(_study(tmp_path, "freeze: [head_only, all]\nseeds: {min: 3, max: 9}\nmargin: 2"))
     assert plan.study.adaptive and plan.study.seeds == 9 and plan.study.margin == 2.0
     assert plan.study.design().looks == (3, 5, 7, 9) and len(plan.runs) == 18  # every run the study may need
-    text = plan_lib.format_plan(plan, plan_lib.estimate_cost(plan, 0.01))
+    from keras_tl.study import adaptive
+
+    text = plan_lib.format_plan(plan, plan_lib.estimate_cost(plan, 0.01), adaptive.plan_lines(plan))
     assert "3-9 seeds (adaptive)" in text and "looks at 3, 5, 7, 9" in text and "at least 6" in text and "at most 18" in text
     over = plan_lib.load_plan(_study(tmp_path, "freeze: [head_only, all]\nseeds: {min: 3, max: 9}"), ["study.seeds.step=3"])
     assert over.study.design().looks == (3, 6, 9)

@@ -230,3 +230,204 @@ def test_missing_metric_names_the_run_by_its_plan_key(tmp_path):
     with pytest.raises(report.UserError, match=f"run {picked.key}'s test metrics"):
         report.analyze(plan, results)
     assert "/lr1/" in picked.key
+
+
+def _acc(acc, n=40, classes=10):
+    """A metrics block as train writes it: accuracy with per-class supports (balanced test split of n)."""
+    return {"accuracy": acc, "examples": n, "per_class": {f"c{i}": {"support": n // classes} for i in range(classes)}}
+
+
+def test_both_arms_at_chance_say_so_instead_of_asking_for_more_seeds(tmp_path):
+    """The smoke study's case: 10 classes, both arms at 7.5-10% on 40 test images."""
+    plan = make_plan(tmp_path, "\n  init: [imagenet, none]\n  seeds: 4\n  baseline: {init: none}\n")
+    accs = {"imagenet": [0.075, 0.1, 0.125, 0.075], "none": [0.1, 0.1, 0.05, 0.1]}
+    results = {r.key: {"test": _acc(accs[plan.arm(r.arm_id).values["init"]][r.seed]), "val": {}, "history": {}} for r in plan.runs}
+    study = report.analyze(plan, results)
+    (c,) = study["comparisons"]
+    assert c["verdict"] == stats.BOTH_AT_CHANCE and c["seeds_needed"] is None
+    for a in study["arms"]:
+        assert a["chance"] == pytest.approx(0.1) and a["status"] == "at chance" and a["examples"] == 40
+    v = study["verdict"]
+    assert "both arms at chance in all 4 seeds" in v and "says nothing about the question" in v
+    assert "more seeds would not change that" in v and "seeds would resolve it" not in v
+    assert "Chance (majority-class rate of the 40-example test split) is 10.0%" in v
+    assert "At chance in every seed: imagenet, scratch." in v
+    paths = report.write_report(study, str(tmp_path / "out"))
+    md = open(paths["md"]).read()
+    assert "| chance (%) | seeds at chance (n) |" in md and "| 10.0 | all |" in md
+    assert "| both arms at chance |" in md
+
+
+def test_one_arm_at_chance_keeps_its_verdict_and_is_flagged(tmp_path):
+    plan = make_plan(tmp_path, "\n  init: [imagenet, none]\n  seeds: 5\n  baseline: {init: none}\n")
+    rng = np.random.default_rng(3)
+    results = {}
+    for r in plan.runs:
+        learned = plan.arm(r.arm_id).values["init"] == "imagenet"
+        acc = 0.6 + rng.normal(0, 0.02) if learned else 0.1
+        results[r.key] = {"test": _acc(acc, n=400), "val": {}, "history": {}}
+    study = report.analyze(plan, results)
+    (c,) = study["comparisons"]
+    assert c["verdict"] == stats.BETTER and c["at_chance"] == {"a": False, "b": True}
+    assert "; scratch at chance)" in study["verdict"]
+
+
+def test_collapsed_seeds_are_reported_apart_with_the_learning_rate_as_cause(tmp_path):
+    """Survey-like: at lr 1e-3 two of five imagenet seeds collapse; at 1e-4 none does, but val picks 1e-3."""
+    plan = make_plan(tmp_path, "\n  init: [imagenet, none]\n  seeds: 5\n  lr_grid: [1.0e-3, 1.0e-4]\n  baseline: {init: none}\n")
+    rng = np.random.default_rng(4)
+    results = {}
+    for r in plan.runs:
+        init = plan.arm(r.arm_id).values["init"]
+        collapsed = init == "imagenet" and r.lr_index == 0 and r.seed in (1, 3)
+        acc = 0.1 if collapsed else (0.8 if (init == "imagenet" and r.lr_index == 0) else 0.5) + rng.normal(0, 0.02)
+        val = 0.9 if (init == "imagenet" and r.lr_index == 0 and not collapsed) else (0.1 if collapsed else 0.4)
+        results[r.key] = {"test": _acc(acc, n=400), "val": {"accuracy": val if r.lr_index == 0 or init != "imagenet" else 0.45}, "history": {}}
+    study = report.analyze(plan, results)
+    arm = next(a for a in study["arms"] if a["values"]["init"] == "imagenet")
+    assert arm["lr_picked"] == 0.001 and arm["at_chance_seeds"] == [1, 3] and arm["status"] == "collapsed seeds"
+    assert arm["learned"]["n"] == 3 and arm["learned"]["mean"] == pytest.approx(0.8, abs=0.03)
+    assert report.collapse_cause(arm) == ("no seed of this arm collapsed at learning rate 0.0001 (5 seeds), "
+                                          "so the learning rate 0.001 is the likely cause")
+    v = study["verdict"]
+    assert "Collapsed seeds: imagenet has 2 of 5 seeds at chance (seed 1, 3)" in v
+    assert "the learning rate 0.001 is the likely cause" in v and "covered the truth 67% of the time at 5 seeds" in v
+    (c,) = study["comparisons"]
+    assert c["collapsed"] == {"a": [1, 3], "b": []}
+    assert "2 collapsed seeds in imagenet" in report.comparison_clause(study, c)
+
+
+def test_arm_intervals_stay_within_0_and_100(tmp_path):
+    """The survey report's Arms table showed -24.3 to 39.3 for an arm of two seeds far apart."""
+    plan = make_plan(tmp_path, "\n  init: [imagenet, none]\n  seeds: 2\n  baseline: {init: none}\n")
+    accs = {"imagenet": [0.075, 0.55], "none": [0.97, 0.995]}
+    results = {r.key: {"test": _acc(accs[plan.arm(r.arm_id).values["init"]][r.seed], n=200),
+                       "val": {}, "history": {"accuracy": [0.01, 0.02], "val_accuracy": [0.99, 0.999]}} for r in plan.runs}
+    study = report.analyze(plan, results)
+    for a in study["arms"]:
+        assert 0.0 <= a["lo"] <= a["mean"] <= a["hi"] <= 1.0
+        for band in a["history"].values():
+            assert all(0.0 <= p["lo"] <= p["hi"] <= 1.0 for p in band)
+    (c,) = study["comparisons"]
+    assert -1.0 <= c["ci_lo"] <= c["mean"] <= c["ci_hi"] <= 1.0 and c["t_lo"] < -1.0  # the raw t end was below -100 points
+    scratch = next(a for a in study["arms"] if a["values"]["init"] == "none")
+    assert scratch["hi"] < 1.0  # the logit side keeps the upper end inside, not clipped to 100
+
+
+def test_freeze_plot_is_points_with_error_bars_and_curves_mark_phases(tmp_path, monkeypatch):
+    """Categorical freeze depth: errorbar containers, no filled band; training curves: a vline per later phase."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plan = make_plan(tmp_path, "\n  freeze: [head_only, all]\n  seeds: 3\n")
+    results = {r.key: {"test": _acc(0.5 + 0.01 * r.seed, n=200), "val": {}, "phase_epochs": [2, 3],
+                       "history": {"accuracy": [0.2, 0.3, 0.4, 0.5, 0.6], "val_accuracy": [0.2, 0.3, 0.4, 0.5, 0.55]}} for r in plan.runs}
+    study = report.analyze(plan, results)
+    assert all(a["phase_starts"] == [3] for a in study["arms"])
+    figs = []
+    monkeypatch.setattr(report, "_fig_png", lambda fig: figs.append(fig) or b"png")
+    plots = report.make_plots(study)
+    assert set(plots) == {"freeze_depth", "training_curves", "forest"}
+    freeze_ax = figs[0].axes[0]
+    assert len(freeze_ax.containers) == 1 and not freeze_ax.collections[1:]  # one errorbar group, no fill_between
+    assert freeze_ax.get_legend() is None or "fake_study" not in [t.get_text() for t in freeze_ax.get_legend().get_texts()]
+    curves = figs[1]
+    assert curves.axes[0].get_ylabel() == "accuracy (%)"
+    assert [ln.get_xdata()[0] for ln in curves.axes[0].lines if ln.get_linestyle() == ":"] == [2.5]
+    for f in figs:
+        plt.close(f)
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--force-device-scale-factor=1", "--hide-scrollbars", "--enable-logging=stderr", "--v=0"]
+# Injected into a copy of the page: records errors (script, resource) and, once loaded, every image's
+# decoded size and every section's position, into a <pre> that --dump-dom prints.
+PROBE_HEAD = ("<script>window.__errs=[];window.addEventListener('error',function(e){__errs.push(String(e.message||"
+              "(e.target&&e.target.src||'').slice(0,80)||'resource'))},true);var __ce=console.error;"
+              "console.error=function(){__errs.push('console.error: '+[].join.call(arguments,' '));__ce.apply(console,arguments)};</script>")
+PROBE_TAIL = ("<script>window.addEventListener('load',function(){var r={errors:__errs,height:document.documentElement.scrollHeight,"
+              "images:[].map.call(document.images,function(i){var b=i.getBoundingClientRect();return {id:i.id,ok:i.complete&&i.naturalWidth>0,"
+              "top:b.top+scrollY,bottom:b.bottom+scrollY,left:b.left,right:b.right}}),"
+              "sections:[].map.call(document.querySelectorAll('h1,h2'),function(h){return {title:h.textContent,top:h.getBoundingClientRect().top+scrollY}})};"
+              "var p=document.createElement('pre');p.id='__probe';p.textContent=JSON.stringify(r);document.body.appendChild(p)});</script>")
+
+
+def _chromium():
+    import shutil
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("chromium is not installed: .ci/run installs the Debian package (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed (CI installs it; locally: apt-get install -y chromium)")
+    return exe
+
+
+def _run_chromium(exe, tmp_path, name, args):
+    import subprocess
+
+    profile = tmp_path / f"profile_{name}"  # a fresh profile per run: nothing cached from another
+    proc = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_report_renders_in_headless_chromium(built, tmp_path):
+    """report.html in a real browser: every image decodes, no console error, and the screenshot is not blank where sections are."""
+    from PIL import Image
+
+    exe = _chromium()
+    _, study, paths = built
+    page = open(paths["html"], encoding="utf-8").read()
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>", PROBE_TAIL + "</body>", 1), encoding="utf-8")
+    dom = _run_chromium(exe, tmp_path, "probe", ["--window-size=1200,900", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()]).stdout
+    m = re.search(r"<pre id=\"__probe\">(.*?)</pre>", dom, re.S)
+    assert m, dom[-500:]
+    info = json.loads(html.unescape(m.group(1)))
+    assert info["errors"] == []
+    assert len(info["images"]) == len(report.PLOTS) and all(i["ok"] for i in info["images"]), info["images"]
+    titles = [s["title"] for s in info["sections"]]
+    assert "Arms" in titles and "Methods" in titles
+
+    height = int(info["height"])
+    shot = tmp_path / "shot.png"
+    run = _run_chromium(exe, tmp_path, "shot", [f"--window-size=1200,{height}", f"--screenshot={shot}", "--virtual-time-budget=5000",
+                                                 "file://" + paths["html"]])
+    assert ":CONSOLE" not in run.stderr, [ln for ln in run.stderr.splitlines() if ":CONSOLE" in ln]
+    img = np.asarray(Image.open(shot).convert("L"), dtype=np.uint8)
+    assert img.shape[0] >= height - 5 and img.shape[1] == 1200
+    inked_rows = (img < 235).any(axis=1)
+    tops = [int(s["top"]) for s in info["sections"]] + [height]
+    for s, top, bottom in zip(info["sections"], tops, tops[1:]):
+        share = inked_rows[top:bottom].mean() if bottom > top else 0.0
+        assert share > 0.3, (s["title"], top, bottom, share)  # text or a plot on most lines of every section
+    for i in info["images"]:
+        crop = img[int(i["top"]):int(i["bottom"]), int(i["left"]):int(i["right"])]
+        assert crop.size and (crop < 200).mean() > 0.01, i["id"]  # a drawn plot, not an empty box
+
+
+def test_many_comparisons_count_those_at_chance(tmp_path):
+    plan = make_plan(tmp_path)  # 6 comparisons
+    results = {r.key: {"test": _acc(0.1 if plan.arm(r.arm_id).values["data_fraction"] < 1 else 0.5 + 0.01 * r.seed, n=400),
+                       "val": {}, "history": {}} for r in plan.runs}
+    study = report.analyze(plan, results)
+    assert sum(c["verdict"] == stats.BOTH_AT_CHANCE for c in study["comparisons"]) == 4
+    assert "4 compare two arms that are both at chance and say nothing about the question" in study["verdict"]
+
+
+def test_phase_starts_come_from_run_json(tmp_path):
+    plan = make_plan(tmp_path, "\n  init: [imagenet, none]\n  seeds: 2\n")
+    wd = tmp_path / "wd"
+    results = {}
+    for r in plan.runs:
+        d = wd / "runs" / r.key
+        d.mkdir(parents=True)
+        (d / "run.json").write_text(json.dumps({"phases": [{"epochs_run": 2}, {"epochs_run": 4}, {"epochs_run": 1}]}))
+        results[r.key] = {"test": _acc(0.5), "val": {}, "history": {"accuracy": [0.1] * 7}}
+    report._add_phase_epochs(plan, str(wd), results)
+    study = report.analyze(plan, results)
+    assert all(a["phase_starts"] == [3, 7] for a in study["arms"])

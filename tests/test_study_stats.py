@@ -123,3 +123,33 @@ def test_crossover_interpolates_in_log_size():
     r = stats.crossover(sizes, noisy)
     assert r["size"] is not None and (r["lo"] is None or r["lo"] <= r["size"])
     assert r["hi"] is None or r["size"] <= r["hi"]
+
+
+def test_bounded_interval_stays_in_bounds_and_covers():
+    """Seeds drawn from Beta distributions near the bounds: always within [0, 1], coverage near 95%."""
+    rng = np.random.default_rng(0)
+    for mean, sd, n in [(0.5, 0.1, 5), (0.97, 0.02, 5), (0.12, 0.03, 3), (0.9, 0.03, 10)]:
+        k = mean * (1 - mean) / sd**2 - 1
+        x = rng.beta(mean * k, (1 - mean) * k, (1500, n))
+        cover = 0
+        for row in x:
+            r = stats.bounded_interval(row, n_examples=450)
+            assert 0.0 <= r["lo"] <= r["mean"] <= r["hi"] <= 1.0
+            cover += r["lo"] <= mean <= r["hi"]
+        assert 0.92 <= cover / len(x) <= 0.98, (mean, sd, n, cover / len(x))
+    r = stats.bounded_interval([0.0, 0.0, 1.0], n_examples=40)
+    assert 0.0 <= r["lo"] < r["hi"] <= 1.0
+
+
+def test_chance_ceiling_is_a_one_sided_binomial_bound():
+    assert stats.majority_rate([45] * 10) == pytest.approx(0.1)
+    assert stats.majority_rate([30, 10]) == pytest.approx(0.75)
+    top = stats.chance_ceiling(0.1, 450)
+    assert top == pytest.approx(56 / 450)  # P(X > 56) <= 5% < P(X > 55) for X ~ Binomial(450, 0.1)
+    assert stats.at_chance(0.1, 0.1, 450) and stats.at_chance(top, 0.1, 450) and not stats.at_chance(0.1756, 0.1, 450)
+
+
+def test_collapsed_seeds_break_the_difference_ci():
+    """The issue's simulation through stats.difference_ci: 20% collapsing seeds, 5 seeds (4,000 sims gave 0.670)."""
+    cov = stats.collapse_coverage(n_seeds=5, p_collapse=0.2, n_sims=600, n_boot=1000)
+    assert cov["with_collapse"] < 0.8 and cov["without_collapse"] > 0.92

@@ -63,7 +63,9 @@ def main(argv) -> int:
         raise UserError(f"--seconds_per_image {spi}: must be > 0")
     if FLAGS.measure_cost:
         spi, source = plan_lib.measure_seconds_per_image(plan.base), "measured now, every layer training"
-    print(plan_lib.format_plan(plan, plan_lib.estimate_cost(plan, spi, source)), flush=True)
+    from keras_tl.study import adaptive
+
+    print(plan_lib.format_plan(plan, plan_lib.estimate_cost(plan, spi, source), adaptive.plan_lines(plan)), flush=True)
     # A dry run only checks the cache; a real one downloads what is missing now, before the first run.
     problems = [] if FLAGS.report_only else plan_lib.missing_weights(plan, fetch=not FLAGS.dry_run)
     if FLAGS.dry_run:

@@ -12,7 +12,7 @@ import re
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from keras_tl.errors import UserError
-from keras_tl.study import sequential
+from keras_tl.study import sequential, stats
 
 _BUDGET = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(runs?|h|hours?|m|min|minutes?)\s*$", re.IGNORECASE)
 
@@ -140,7 +140,6 @@ def summarise(state: sequential.Replay, pairs: Mapping[str, Pair], values: Mappi
     ``p_t`` stays the fixed-sample paired t-test of those seeds, for reference only: after
     adaptive stopping it is not a valid p-value, and the verdict never uses it.
     """
-    from keras_tl.study import stats
 
     state.add_p_values()
     out = {}
@@ -195,10 +194,9 @@ def resolve_budget(workdir: str, given: Optional[Budget], log: Callable[[str], N
 
 def margin(plan) -> Optional[float]:
     """``study.margin`` in the metric's own units (the recipe gives points: 2 = 0.02 accuracy)."""
-    from keras_tl.study.report import _scale
 
     m = plan.study.margin
-    return None if m is None else m / _scale(plan.study.metric)[0]
+    return None if m is None else m / stats.metric_scale(plan.study.metric)[0]
 
 
 def pairs_of(plan) -> List[Pair]:
@@ -213,7 +211,6 @@ def pairs_of(plan) -> List[Pair]:
 
 def arm_values(plan, results: Mapping[str, dict]) -> Dict[str, Dict[int, float]]:
     """arm id → {seed: the study metric of that finished run} (test split, else validation)."""
-    from keras_tl.study.report import _value
 
     out: Dict[str, Dict[int, float]] = {a.id: {} for a in plan.arms}
     for run in plan.runs:
@@ -221,7 +218,7 @@ def arm_values(plan, results: Mapping[str, dict]) -> Dict[str, Dict[int, float]]
         if m is None:
             continue
         split = "test" if isinstance(m.get("test"), dict) else "val"
-        v = _value(m, plan.study.metric, split, run.key)
+        v = stats.metric_value(m, plan.study.metric, split, run.key)
         if v is not None:
             out[run.arm_id][run.seed] = v
     return out
@@ -318,3 +315,18 @@ def run_adaptive(plan, workdir: str, *, design: sequential.Design, margin: Optio
             log(f"study: round {state.round + 1}: waiting for {len(missing)} runs of other workers "
                 f"(e.g. {missing[0].key}); a worker that died must be restarted with --resume")
         sleep(poll_seconds)
+
+
+def plan_lines(plan) -> List[str]:
+    """What the printed plan says about adaptive seeds (empty for a fixed number of seeds)."""
+    s = plan.study
+    if not s.adaptive:
+        return []
+    design = s.design()
+    least, most = run_range(design, pairs_of(plan), len(plan.arms))
+    return [
+        f"  adaptive seeds: looks at {', '.join(map(str, design.looks))} seeds per comparison; a comparison stops when "
+        "better, worse" + (f", equivalent within {s.margin:g}" if s.margin is not None else "") + " or out of seeds",
+        f"    rule: {sequential.METHOD}",
+        f"    runs: at least {least} (every comparison settled at {design.looks[0]} seeds), at most {most}; the cost below is the most",
+    ]

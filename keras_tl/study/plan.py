@@ -817,8 +817,8 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def format_plan(plan: Plan, cost: Cost) -> str:
-    """The plan as printed before anything runs."""
+def format_plan(plan: Plan, cost: Cost, adaptive_lines: Sequence[str] = ()) -> str:
+    """The plan as printed before anything runs (``adaptive_lines``: :func:`keras_tl.study.adaptive.plan_lines`)."""
     s = plan.study
     seeds_text = f"{s.seeds_min}-{s.seeds} seeds (adaptive)" if s.adaptive else f"{s.seeds} seeds"
     lines = [f"study {plan.name} ({plan.source}): {len(plan.arms)} arms × {seeds_text}"
@@ -828,17 +828,7 @@ def format_plan(plan: Plan, cost: Cost) -> str:
              + f"; metric: test {s.metric}" + (" (lr picked on validation)" if s.lr_grid else ""),
              f"  splits fixed by data.split_seed={plan.base.data.split_seed}; run seeds 0..{s.seeds - 1}",
              "  arms:"]
-    if s.adaptive:
-        from keras_tl.study import adaptive, sequential
-
-        design = s.design()
-        least, most = adaptive.run_range(design, adaptive.pairs_of(plan), len(plan.arms))
-        lines[-1:-1] = [
-            f"  adaptive seeds: looks at {', '.join(map(str, design.looks))} seeds per comparison; a comparison stops when "
-            "better, worse" + (f", equivalent within {s.margin:g}" if s.margin is not None else "") + " or out of seeds",
-            f"    rule: {sequential.METHOD}",
-            f"    runs: at least {least} (every comparison settled at {design.looks[0]} seeds), at most {most}; the cost below is the most",
-        ]
+    lines[-1:-1] = list(adaptive_lines)
     width = max(len(a.id) for a in plan.arms)
     for a in plan.arms:
         ref = plan.reference_of(a)

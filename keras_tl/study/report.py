@@ -35,21 +35,8 @@ PLOT_TITLES = {
 # ------------------------------------------------------------------ analysis
 
 
-def _scale(metric: str) -> Tuple[float, str]:
-    """Display scale: proportions such as accuracy are shown in percentage points."""
-    if any(w in metric for w in ("accuracy", "auc", "top", "precision", "recall", "f1")):
-        return 100.0, " points"
-    return 1.0, ""
-
-
-def _value(metrics: dict, metric: str, split: str, key: str) -> Optional[float]:
-    block = metrics.get(split)
-    if not isinstance(block, dict):
-        return None
-    if metric not in block:
-        raise UserError(f"study.metric: {metric!r} is not in run {key}'s {split} metrics (has: {', '.join(sorted(block))}); set study.metric to one of them")
-    v = block[metric]
-    return float(v) if isinstance(v, (int, float)) else None
+_scale = stats.metric_scale
+_value = stats.metric_value
 
 
 def _context_text(values: dict, axes: Sequence[str]) -> str:
@@ -90,13 +77,20 @@ def analyze(plan: Plan, results: Dict[str, dict], *, seed: int = 0, n_boot: int 
         "seeds": s.seeds, "varied": list(plan.varied), "baseline": s.baseline,
         "lr_grid": list(s.lr_grid),
         "methods": {
-            "arm_ci": "95% t-interval over seeds",
+            "arm_ci": ("95% interval over seeds: for proportions (accuracy, AUC, ...) the logit-scale t-interval joined with the "
+                       "plain t-interval where wider, kept within 0-100% (stats.bounded_interval); a t-interval for other metrics"),
+            "chance": ("accuracy only: chance = majority-class rate of the evaluation split (per-class supports in metrics.json); a seed "
+                       "is at chance when its accuracy is not significantly above it (one-sided exact binomial test at 5% on the split's "
+                       "size); an arm is at chance when every seed is; seeds at chance in an arm whose other seeds learned are collapsed seeds, "
+                       "reported apart (learned-only mean and interval) with the cause when another learning rate of the grid did not collapse"),
             "difference_ci": f"paired by seed; 95% bootstrap CI (expanded percentile, {n_boot} resamples, seed {seed}), "
                              f"each end widened to the paired t-interval where that is wider, with >= {stats.MIN_SEEDS_BOOTSTRAP} seeds; "
                              "paired t-interval alone below that",
+            "difference_bounds": "for proportions the difference CI is cut to -100..+100 points, the range a difference can take",
             "p_values": "two-sided paired t-test, Holm-corrected across all comparisons (sign-flip permutation p also listed)",
             "p_better": "share of seeds where the arm beats its baseline (ties count half), Wilson 95% interval",
-            "verdict": "better/worse when the CI excludes 0 and the Holm-adjusted p < 0.05; else no evidence at this budget",
+            "verdict": ("better/worse when the CI excludes 0 and the Holm-adjusted p < 0.05; 'both arms at chance' when every paired "
+                        "seed of both arms is at chance (the comparison then says nothing, whatever the seeds); else no evidence at this budget"),
             "seeds_needed": "smallest n whose t-interval half-width at the observed paired sd is below the observed |mean difference|",
         },
         "arms": arms_out,
@@ -111,6 +105,7 @@ def analyze(plan: Plan, results: Dict[str, dict], *, seed: int = 0, n_boot: int 
         study["methods"]["seeds"] = (f"adaptive: looks at {', '.join(map(str, info['design']['looks']))} seeds per comparison; "
                                      "after each look, seeds are added only to the arms of comparisons still open")
         study["methods"]["stopping rule"] = info["method"] + " (details: docs/adaptive_seeds.md)"
+    _annotate_chance(study)
     study["verdict"] = verdict_paragraph(study)
     return study
 
@@ -130,7 +125,8 @@ def _arm_summary(plan: Plan, arm, results: Dict[str, dict]) -> Tuple[dict, Dict[
         v = _value(runs[k], s.metric, sp, grid[picked][k][0])
         if v is not None:
             values[k] = v
-    summary = stats.t_interval([values[k] for k in sorted(values)])
+    chance = _arm_chance(plan, grid, picked, values)
+    summary = _interval(s.metric, [values[k] for k in sorted(values)], chance.get("examples"))
     return {
         "id": arm.id, "label": arm.label, "values": arm.values,
         "seeds": sorted(values), "per_seed": [values[k] for k in sorted(values)],
@@ -139,6 +135,8 @@ def _arm_summary(plan: Plan, arm, results: Dict[str, dict]) -> Tuple[dict, Dict[
         "images_seen": _mean_sd_sum([float(runs[k].get("images_seen", 0)) for k in sorted(runs)]),
         "wall_time": _mean_sd_sum([float(runs[k].get("wall_time", 0.0)) for k in sorted(runs)]),
         "history": _history_bands(runs, s.metric),
+        "phase_starts": _phase_starts(runs),
+        **chance,
     }, values
 
 
@@ -172,6 +170,10 @@ def _comparisons(plan: Plan, per_seed: Dict[str, Dict[int, float]], *, seed: int
         if len(common) >= 1:
             entry.update(stats.compare([per_seed[arm.id][k] for k in common], [per_seed[ref.id][k] for k in common],
                                        higher_is_better=hib, seed=seed, n_boot=n_boot))
+            if _bounded(plan.study.metric) and entry["ci_lo"] is not None:
+                # A difference of two proportions lies in [-1, 1]; a t end past that (2-4 seeds far
+                # apart reach ±200 points) carries no information, and cutting it cannot lose coverage.
+                entry.update(ci_lo=max(-1.0, entry["ci_lo"]), ci_hi=min(1.0, entry["ci_hi"]))
         else:
             entry.update({"n": 0, "mean": None, "ci_lo": None, "ci_hi": None, "p_t": None, "seeds_needed": None})
         comparisons.append(entry)
@@ -235,8 +237,17 @@ def _history_bands(runs: Dict[int, dict], metric: str) -> Dict[str, List[Dict[st
         if not series:
             continue
         length = min(len(x) for x in series)
-        out[key] = [stats.t_interval([x[e] for x in series]) for e in range(length)]
+        out[key] = [_interval(metric, [x[e] for x in series]) for e in range(length)]
     return out
+
+
+def _phase_starts(runs: Dict[int, dict]) -> List[int]:
+    """Epoch numbers (1-based, in the concatenated history) where phase 2, 3, ... start, from the first seed's run.json."""
+    for k in sorted(runs):
+        epochs = runs[k].get("phase_epochs")
+        if epochs:
+            return [int(x) + 1 for x in np.cumsum(epochs)[:-1]]
+    return []
 
 
 def _group_key(values: dict, drop: str) -> str:
@@ -320,6 +331,131 @@ def _freeze_table(plan: Plan, arms_out: List[dict]) -> List[dict]:
     return out
 
 
+# ------------------------------------------------------------------ chance
+
+
+def _bounded(metric: str) -> bool:
+    return _scale(metric)[0] == 100.0
+
+
+def _interval(metric: str, xs: Sequence[float], n_examples: Optional[int] = None) -> Dict[str, Optional[float]]:
+    """Per-arm interval: bounded (within 0-100%) for proportions, a t-interval otherwise."""
+    return stats.bounded_interval(xs, n_examples=n_examples) if _bounded(metric) else stats.t_interval(xs)
+
+
+def _run_chance(m: dict, split: str) -> Tuple[Optional[float], Optional[int]]:
+    """(majority-class rate, examples) of a run's evaluation split, from its per-class supports."""
+    block = m.get(split)
+    if not isinstance(block, dict) or not isinstance(block.get("per_class"), dict):
+        return None, None
+    counts = [v.get("support", 0) for v in block["per_class"].values() if isinstance(v, dict)]
+    total = int(sum(counts))
+    return (stats.majority_rate(counts), total) if total else (None, None)
+
+
+def _seeds_at_chance(s, runs: Dict[int, Tuple[str, dict]]) -> Tuple[List[int], Optional[float], Optional[int]]:
+    """Seeds whose metric is not significantly above chance, and the chance level and test size used."""
+    at, rate, size = [], None, None
+    for k in sorted(runs):
+        key, m = runs[k]
+        sp = "test" if isinstance(m.get("test"), dict) else "val"
+        r, n = _run_chance(m, sp)
+        v = m.get(sp, {}).get(s.metric)
+        if r is None or not isinstance(v, (int, float)):
+            continue
+        rate, size = r, n
+        if stats.at_chance(float(v), r, n):
+            at.append(k)
+    return at, rate, size
+
+
+def _arm_chance(plan: Plan, grid: Dict[Optional[int], Dict[int, Tuple[str, dict]]], picked: Optional[int],
+                values: Dict[int, float]) -> Dict[str, Any]:
+    """An arm's chance fields: level, seeds at chance, status, learned-only interval, collapses per lr.
+
+    Only for ``accuracy``: its chance level is the majority-class rate of the evaluation split (from
+    the per-class supports in metrics.json). A seed is "at chance" when its accuracy is not
+    significantly above that rate (one-sided exact binomial test at 5% on the split's size).
+    """
+    s = plan.study
+    out: Dict[str, Any] = {"chance": None, "examples": None, "chance_ceiling": None, "at_chance_seeds": [],
+                           "status": None, "learned": None}
+    if s.metric != "accuracy":
+        return out
+    at, rate, size = _seeds_at_chance(s, grid.get(picked, {}))
+    if rate is None:
+        return out
+    out.update(chance=rate, examples=size, chance_ceiling=stats.chance_ceiling(rate, size), at_chance_seeds=at)
+    learned = [values[k] for k in sorted(values) if k not in at]
+    if values:
+        out["status"] = "at chance" if len(learned) == 0 else ("collapsed seeds" if at else "learned")
+    if at and learned:
+        out["learned"] = stats.bounded_interval(learned, n_examples=size)
+    if s.lr_grid:
+        out["lr_at_chance"] = [{"lr": lr, "n": len(grid.get(j, {})), "at_chance": len(_seeds_at_chance(s, grid.get(j, {}))[0])}
+                               for j, lr in enumerate(s.lr_grid)]
+    return out
+
+
+def collapse_cause(arm: dict) -> Optional[str]:
+    """The cause of an arm's collapsed seeds when the study shows one (another learning rate did not collapse)."""
+    if not arm.get("at_chance_seeds") or arm.get("lr_picked") is None:
+        return None
+    fine = [x for x in arm.get("lr_at_chance", []) if x["lr"] != arm["lr_picked"] and x["n"] and not x["at_chance"]]
+    if not fine:
+        return None
+    other = ", ".join(f"{x['lr']:g} ({x['n']} seeds)" for x in fine)
+    return f"no seed of this arm collapsed at learning rate {other}, so the learning rate {arm['lr_picked']:g} is the likely cause"
+
+
+def _annotate_chance(study: dict) -> None:
+    """Mark comparisons whose arms sit at chance or have collapsed seeds; both at chance → its own verdict."""
+    arms = {a["id"]: a for a in study["arms"]}
+    for c in study["comparisons"]:
+        a, b = arms[c["arm_id"]], arms[c["reference_id"]]
+        seeds = set(c.get("seeds", []))
+        at_a = sorted(seeds & set(a["at_chance_seeds"]))
+        at_b = sorted(seeds & set(b["at_chance_seeds"]))
+        full_a, full_b = bool(seeds) and len(at_a) == len(seeds), bool(seeds) and len(at_b) == len(seeds)
+        c["at_chance"] = {"a": full_a, "b": full_b}
+        c["collapsed"] = {"a": [] if full_a else at_a, "b": [] if full_b else at_b}
+        if full_a and full_b:
+            c["verdict"] = stats.BOTH_AT_CHANCE
+            c["seeds_needed"] = None
+
+
+def chance_sentence(study: dict) -> str:
+    """The verdict's chance paragraph: the level, arms at chance, arms with collapsed seeds and their cause."""
+    arms = [a for a in study["arms"] if a.get("chance") is not None and a["seeds"]]
+    if not arms:
+        return ""
+    levels = sorted({(round(a["chance"], 4), a["examples"]) for a in arms})
+    if len(levels) == 1:
+        (rate, n), = levels
+        text = (f" Chance (majority-class rate of the {n}-example {study['split']} split) is {rate * 100:.1f}%; "
+                f"a seed counts as at chance up to {arms[0]['chance_ceiling'] * 100:.1f}% (not significantly above chance, one-sided binomial test at 5%).")
+    else:
+        text = " Chance (majority-class rate of each arm's evaluation split) is in the Arms table."
+    flat = [a for a in arms if a["status"] == "at chance"]
+    if flat:
+        text += f" At chance in every seed: {', '.join(a['label'] for a in flat)}."
+    for a in (a for a in arms if a["status"] == "collapsed seeds"):
+        cause = collapse_cause(a)
+        text += (f" Collapsed seeds: {a['label']} has {len(a['at_chance_seeds'])} of {len(a['seeds'])} seeds at chance "
+                 f"(seed {', '.join(map(str, a['at_chance_seeds']))}) while the others learned ({fmt_val(study, a['learned']['mean'])}%)"
+                 + (f"; {cause}" if cause else "") + "; an interval over such a two-mode arm is not trustworthy"
+                 f" (simulated: with 20% of seeds collapsing, the 95% CI of a difference covered the truth {COLLAPSE_COVERAGE_5:.0%} of the time at 5 seeds).")
+    elsewhere = [(a, x) for a in arms for x in a.get("lr_at_chance", []) if x["lr"] != a["lr_picked"] and x["at_chance"]]
+    if elsewhere:
+        text += (" Not picked, at chance: "
+                 + "; ".join(f"{a['label']} at lr {x['lr']:g} ({x['at_chance']} of {x['n']} seeds)" for a, x in elsewhere) + ".")
+    return text
+
+
+# stats.collapse_coverage(n_seeds=5, n_sims=4000, n_boot=2000) → 0.670 (tests/test_study_stats.py reruns it smaller).
+COLLAPSE_COVERAGE_5 = 0.67
+
+
 # ------------------------------------------------------------------ words
 
 
@@ -341,25 +477,48 @@ def comparison_clause(study: dict, c: dict) -> str:
     where = f" at {c['context']}" if c["context"] else ""
     if c.get("n", 0) == 0:
         return f"{c['a']} vs {c['b']}{where}: no paired runs finished yet."
+    if c["verdict"] == stats.BOTH_AT_CHANCE:
+        return (f"{c['a']} vs {c['b']}{where}: both arms at chance in all {c['n']} seeds: the budget is too small for either to "
+                f"learn, so this comparison says nothing about the question, and more seeds would not change that; "
+                f"train longer, on more data or at another learning rate first.")
+    flags = _chance_flags(c)
     ci_name = "95% repeated CI" if study.get("adaptive") else "95% CI"
     ci = f"{ci_name} {fmt_diff(study, c['ci_lo'])} to {fmt_diff(study, c['ci_hi'])}"
     pb = f"P(better)={c['p_better']:.2f}" if c.get("p_better") is not None else ""
-    tail = f"({ci}, {pb}, {c['n']} seeds)"
+    tail = f"({ci}, {pb}, {c['n']} seed{'s' if c['n'] != 1 else ''}{flags})"
     if study.get("adaptive") and c["verdict"] not in (stats.BETTER, stats.WORSE):
-        return _adaptive_clause(study, c, where, unit, ci)
+        return _adaptive_clause(study, c, where, unit, ci + flags)
     if c["verdict"] == stats.BETTER:
         return f"{c['a']} beats {c['b']}{where} by {fmt_diff(study, c['mean'])}{unit} {tail}."
     if c["verdict"] == stats.WORSE:
         return f"{c['a']} trails {c['b']}{where}: {fmt_diff(study, c['mean'])}{unit} {tail}."
     need = c.get("seeds_needed")
-    if need is None:
+    if c.get("collapsed", {}).get("a") or c.get("collapsed", {}).get("b"):
+        resolve = "seeds that collapsed to chance make this CI untrustworthy, and more seeds will not settle it until the collapse is fixed"
+    elif c["n"] < 2:
+        resolve = "one paired seed gives no interval, so no verdict is possible yet"
+    elif need is None:
         resolve = "the observed difference is too small to resolve with a feasible number of seeds"
     elif need <= c["n"]:
         resolve = "the observed sd says these seeds should suffice, so the bootstrap CI or the Holm correction across comparisons holds it back; a few more seeds would settle it"
     else:
         resolve = f"~{need} seeds would resolve it"
     return (f"{c['a']} vs {c['b']}{where}: no evidence of a difference at this budget "
-            f"({fmt_diff(study, c['mean'])}{unit}, {ci}, {c['n']} seeds); {resolve}.")
+            f"({fmt_diff(study, c['mean'])}{unit}, {ci}, {c['n']} seed{'s' if c['n'] != 1 else ''}{flags}); {resolve}.")
+
+
+def _chance_flags(c: dict) -> str:
+    """'; scratch at chance', '; 2 collapsed seeds in imagenet' (empty when nothing to flag)."""
+    if c.get("verdict") == stats.BOTH_AT_CHANCE:
+        return ""
+    out = []
+    for side in ("a", "b"):
+        if c.get("at_chance", {}).get(side):
+            out.append(f"{c[side]} at chance")
+        elif c.get("collapsed", {}).get(side):
+            k = len(c["collapsed"][side])
+            out.append(f"{k} collapsed seed{'s' if k > 1 else ''} in {c[side]}")
+    return "".join(f"; {x}" for x in out)
 
 
 def _adaptive_clause(study: dict, c: dict, where: str, unit: str, ci: str) -> str:
@@ -388,12 +547,14 @@ def verdict_paragraph(study: dict) -> str:
     if study["runs_done"] < study["runs_total"]:
         prefix = f"PARTIAL RESULTS ({study['runs_done']} of {study['runs_total']} runs finished). "
     if not comps:
-        return prefix + "No comparison against the baseline is possible yet: no arm has paired finished runs with its baseline."
+        return prefix + "No comparison against the baseline is possible yet: no arm has paired finished runs with its baseline." + chance_sentence(study)
     if len(comps) <= 4:
-        return prefix + f"On {metric}: " + " ".join(comparison_clause(study, c) for c in comps) + crossover_sentence(study)
-    counts = {v: sum(1 for c in comps if c["verdict"] == v) for v in (stats.BETTER, stats.WORSE, stats.NO_EVIDENCE)}
+        return prefix + f"On {metric}: " + " ".join(comparison_clause(study, c) for c in comps) + crossover_sentence(study) + chance_sentence(study)
+    counts = {v: sum(1 for c in comps if c["verdict"] == v) for v in (stats.BETTER, stats.WORSE, stats.NO_EVIDENCE, stats.BOTH_AT_CHANCE)}
+    flat = (f" {counts[stats.BOTH_AT_CHANCE]} compare two arms that are both at chance and say nothing about the question "
+            "(more seeds would not change that)." if counts[stats.BOTH_AT_CHANCE] else "")
     text = (f"On {metric}, of {len(comps)} comparisons against the baseline, {counts[stats.BETTER]} show a better arm, "
-            f"{counts[stats.WORSE]} a worse arm and {counts[stats.NO_EVIDENCE]} no evidence of a difference at this budget.")
+            f"{counts[stats.WORSE]} a worse arm and {counts[stats.NO_EVIDENCE]} no evidence of a difference at this budget.{flat}")
     if study.get("adaptive"):
         others = {}
         for c in comps:
@@ -416,7 +577,7 @@ def verdict_paragraph(study: dict) -> str:
     kinds = [bool(better), bool(worse), bool(none_)]
     for c, label in zip(picks, [lab for lab, k in zip(labels, kinds) if k]):
         text += f" {label}{comparison_clause(study, c)}"
-    return prefix + text + crossover_sentence(study)
+    return prefix + text + crossover_sentence(study) + chance_sentence(study)
 
 
 def crossover_clause(x: dict) -> str:
@@ -458,6 +619,17 @@ def _band(ax, x, pts, label):
     ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
 
 
+def _chance_line(ax, study: dict, arms: Optional[List[dict]] = None) -> None:
+    """A dashed line at the chance level when every arm shown shares one."""
+    levels = {a.get("chance") for a in (arms if arms is not None else study["arms"]) if a["seeds"]}
+    if len(levels) == 1 and None not in levels:
+        ax.axhline(levels.pop() * study["scale"], color="gray", ls="--", lw=1, label="chance (majority class)")
+
+
+def _scaled(pts, sc):
+    return [{k: (p[k] * sc if p[k] is not None else None) for k in ("mean", "lo", "hi")} for p in pts]
+
+
 def make_plots(study: dict) -> Dict[str, bytes]:
     """PNG bytes for every plot this study supports (absent axes → no plot)."""
     import matplotlib
@@ -469,88 +641,140 @@ def make_plots(study: dict) -> Dict[str, bytes]:
     sc = study["scale"]
     ylabel = f"{study['split']} {study['metric']}" + (" (%)" if sc == 100 else "")
     out = {}
-    if study["curves"]:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for cv in study["curves"]:
-            xs = [p["images"] or p["fraction"] for p in cv["points"]]
-            _band(ax, xs, [{k: (p[k] * sc if p[k] is not None else None) for k in ("mean", "lo", "hi")} for p in cv["points"]], cv["label"])
-        ax.set_xscale("log")
-        ax.set_xlabel("training images" if all(p["images"] for cv in study["curves"] for p in cv["points"]) else "data fraction")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        ax.set_title("Learning curves (band: 95% t-interval over seeds)")
-        out["data_size"] = _fig_png(fig)
-    if study["freeze"]:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for grp in study["freeze"]:
-            xs = list(range(len(grp["points"])))
-            _band(ax, xs, [{k: (p[k] * sc if p[k] is not None else None) for k in ("mean", "lo", "hi")} for p in grp["points"]], grp["label"])
-        names = [p["freeze"] for p in study["freeze"][0]["points"]]
-        ax.set_xticks(range(len(names)), names)
-        ax.set_xlabel("trainable in the last phase (shallow → deep)")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        out["freeze_depth"] = _fig_png(fig)
-    with_hist = [a for a in study["arms"] if a["history"]]
-    if with_hist:
-        shown = with_hist[:48]
-        cols = min(4, len(shown))
-        rows = math.ceil(len(shown) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False, sharey=True)
-        for ax, a in zip(axes.flat, shown):
-            for key, band in a["history"].items():
-                x = np.arange(1, len(band) + 1)
-                _band(ax, x, [{k: (p[k] * sc if p[k] is not None else None) for k in ("mean", "lo", "hi")} for p in band], key)
-            ax.set_title(a["label"], fontsize=7)
-            ax.tick_params(labelsize=7)
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    with plt.rc_context({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
+                         "xtick.labelsize": 9, "ytick.labelsize": 9}):
+        if study["curves"]:
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            for cv in study["curves"]:
+                xs = [p["images"] or p["fraction"] for p in cv["points"]]
+                _band(ax, xs, _scaled(cv["points"], sc), cv["label"])
+            _chance_line(ax, study)
+            ax.set_xscale("log")
+            ax.set_xlabel("training images" if all(p["images"] for cv in study["curves"] for p in cv["points"]) else "data fraction")
+            ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[len(shown):]:
-            ax.axis("off")
-        axes.flat[0].legend(fontsize=6)
-        fig.supxlabel("epoch", fontsize=8)
-        fig.tight_layout()
-        out["training_curves"] = _fig_png(fig)
-    comps = [c for c in study["comparisons"] if c.get("mean") is not None]
-    if comps:
-        fig, ax = plt.subplots(figsize=(7, 0.45 * len(comps) + 1.2))
-        colors = {stats.BETTER: "tab:green", stats.WORSE: "tab:red"}
-        for i, c in enumerate(comps):
-            lo = c["ci_lo"] if c["ci_lo"] is not None else c["mean"]
-            hi = c["ci_hi"] if c["ci_hi"] is not None else c["mean"]
-            col = colors.get(c["verdict"], "tab:gray")
-            ax.plot([lo * sc, hi * sc], [i, i], color=col, lw=2)
-            ax.plot([c["mean"] * sc], [i], "o", color=col)
-        ax.axvline(0, color="black", lw=0.8)
-        ax.set_yticks(range(len(comps)), [f"{c['a']} vs {c['b']}" + (f" @ {c['context']}" if c["context"] else "") for c in comps], fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlabel(f"difference in {ylabel} (arm − baseline)")
-        ax.grid(axis="x", alpha=0.3)
-        out["forest"] = _fig_png(fig)
+            ax.legend()
+            ax.set_title("Learning curves (mean; band: 95% interval over seeds)")
+            out["data_size"] = _fig_png(fig)
+        if study["freeze"]:
+            out["freeze_depth"] = _freeze_plot(plt, study, ylabel)
+        with_hist = [a for a in study["arms"] if a["history"]]
+        if with_hist:
+            out["training_curves"] = _curves_plot(plt, matplotlib, study, with_hist[:48], ylabel)
+        comps = [c for c in study["comparisons"] if c.get("mean") is not None]
+        if comps:
+            fig, ax = plt.subplots(figsize=(7, 0.45 * len(comps) + 1.2))
+            colors = {stats.BETTER: "tab:green", stats.WORSE: "tab:red"}
+            for i, c in enumerate(comps):
+                lo = c["ci_lo"] if c["ci_lo"] is not None else c["mean"]
+                hi = c["ci_hi"] if c["ci_hi"] is not None else c["mean"]
+                col = colors.get(c["verdict"], "tab:gray")
+                mark = "x" if c["verdict"] == stats.BOTH_AT_CHANCE else "o"
+                ax.plot([lo * sc, hi * sc], [i, i], color=col, lw=2)
+                ax.plot([c["mean"] * sc], [i], mark, color=col)
+            ax.axvline(0, color="black", lw=0.8)
+            ax.set_yticks(range(len(comps)), [f"{c['a']} vs {c['b']}" + (f" @ {c['context']}" if c["context"] else "")
+                                              + (" (both at chance)" if c["verdict"] == stats.BOTH_AT_CHANCE else "") for c in comps])
+            ax.invert_yaxis()
+            ax.set_xlabel(f"difference in {study['split']} {study['metric']}" + (" (points)" if sc == 100 else "") + " (arm − baseline)")
+            ax.grid(axis="x", alpha=0.3)
+            out["forest"] = _fig_png(fig)
     return out
+
+
+def _freeze_plot(plt, study: dict, ylabel: str) -> bytes:
+    """Freeze depth is categorical: points with 95% error bars per arm group, offset so groups do not overlap."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups = study["freeze"]
+    width = 0.5 / max(1, len(groups))
+    sc = study["scale"]
+    for g, grp in enumerate(groups):
+        pts = _scaled(grp["points"], sc)
+        xs = np.arange(len(pts)) + (g - (len(groups) - 1) / 2) * width
+        mean = np.array([p["mean"] if p["mean"] is not None else np.nan for p in pts], float)
+        lo = np.array([p["lo"] if p["lo"] is not None else np.nan for p in pts], float)
+        hi = np.array([p["hi"] if p["hi"] is not None else np.nan for p in pts], float)
+        ax.errorbar(xs, mean, yerr=[mean - lo, hi - mean], fmt="o", capsize=4, ls="none",
+                    label=grp["label"] if len(groups) > 1 else None)
+    _chance_line(ax, study)
+    names = [str(p["freeze"]) for p in groups[0]["points"]]
+    ax.set_xticks(range(len(names)), names)
+    ax.set_xlabel("trainable in the last phase (shallow → deep)")
+    ax.set_ylabel(ylabel)
+    ax.set_title("Metric vs freeze depth (mean and 95% interval over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    return _fig_png(fig)
+
+
+def _curves_plot(plt, matplotlib, study: dict, shown: List[dict], ylabel: str) -> bytes:
+    """Per-arm training curves (train and val metric, mean and 95% band), a dotted line where each phase starts."""
+    cols = min(3, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    sc = study["scale"]
+    metric = study["metric"]
+    for ax, a in zip(axes.flat, shown):
+        for key, band in a["history"].items():
+            x = np.arange(1, len(band) + 1)
+            _band(ax, x, _scaled(band, sc), "val" if key.startswith("val_") else "train")
+        for i, e in enumerate(a.get("phase_starts", [])):
+            ax.axvline(e - 0.5, color="black", ls=":", lw=1)
+            ax.annotate(f"phase {i + 2}", (e - 0.5, 1), xycoords=("data", "axes fraction"), fontsize=8,
+                        ha="left", va="top", rotation=90, color="dimgray")
+        _chance_line(ax, study, [a])
+        ax.set_title(a["label"])
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("epoch")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"{metric}" + (" (%)" if sc == 100 else ""))
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    axes.flat[0].legend()
+    fig.suptitle(f"Training curves: train and val {metric} per epoch (mean, 95% band over seeds; dotted: a phase starts)")
+    fig.tight_layout()
+    return _fig_png(fig)
 
 
 # ------------------------------------------------------------------ rendering
 
 
+def _units(study: dict) -> Tuple[str, str]:
+    """(value unit, difference unit) for column heads: '%' and 'points' for proportions."""
+    return ("%", "points") if study["scale"] == 100 else (study["metric"], study["metric"])
+
+
 def _arm_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
-    head = ["arm", "seeds", f"{study['metric']} mean", "95% CI", "lr", "images seen / run", "wall time / run (s)"]
+    vu, _ = _units(study)
+    chance = any(a.get("chance") is not None for a in study["arms"])
+    head = ["arm", "seeds (n)", f"{study['metric']} mean ({vu})", f"95% CI ({vu})"]
+    if chance:
+        head += ["chance (%)", "seeds at chance (n)", "learned seeds: mean [95% CI] (%)"]
+    head += ["lr (picked on val)" if study["lr_grid"] else "lr", "images seen / run (images)", "wall time / run (s)"]
     rows = []
     for a in study["arms"]:
-        rows.append([a["label"], str(len(a["seeds"])), fmt_val(study, a["mean"]),
-                     f"{fmt_val(study, a['lo'])} – {fmt_val(study, a['hi'])}",
-                     f"{a['lr_picked']:g}" if a["lr_picked"] is not None else "recipe",
-                     f"{a['images_seen']['mean']:,.0f}" if a["images_seen"]["mean"] is not None else "n/a",
-                     f"{a['wall_time']['mean']:.1f}" if a["wall_time"]["mean"] is not None else "n/a"])
+        row = [a["label"], str(len(a["seeds"])), fmt_val(study, a["mean"]), f"{fmt_val(study, a['lo'])} – {fmt_val(study, a['hi'])}"]
+        if chance:
+            at = a.get("at_chance_seeds") or []
+            ln = a.get("learned")
+            row += [fmt_val(study, a.get("chance")),
+                    ("all" if a.get("status") == "at chance" else f"{len(at)} (seed {', '.join(map(str, at))})" if at else "0") if a["seeds"] else "n/a",
+                    f"{fmt_val(study, ln['mean'])} [{fmt_val(study, ln['lo'])} – {fmt_val(study, ln['hi'])}] over {ln['n']}" if ln else "—"]
+        row += [f"{a['lr_picked']:g}" if a["lr_picked"] is not None else "recipe",
+                f"{a['images_seen']['mean']:,.0f}" if a["images_seen"]["mean"] is not None else "n/a",
+                f"{a['wall_time']['mean']:.1f}" if a["wall_time"]["mean"] is not None else "n/a"]
+        rows.append(row)
     return head, rows
 
 
 def _comparison_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
     if study.get("adaptive"):
         return _adaptive_rows(study)
-    head = ["arm", "baseline", "at", "seeds", "difference", "95% CI", "P(better) [95% CI]", "p (t)", "p (Holm)", "p (sign-flip)", "verdict", "seeds to resolve"]
+    _, du = _units(study)
+    head = ["arm", "baseline", "held fixed", "seeds (n)", f"difference ({du})", f"95% CI ({du})",
+            "P(better) [95% CI] (share of seeds)", "p (t-test)", "p (Holm)", "p (sign-flip)", "verdict", "seeds to resolve (n)"]
     rows = []
     for c in study["comparisons"]:
         def p(x):
@@ -558,13 +782,13 @@ def _comparison_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
         pb = "n/a" if c.get("p_better") is None else f"{c['p_better']:.2f} [{c['p_better_lo']:.2f}, {c['p_better_hi']:.2f}]"
         rows.append([c["a"], c["b"], c["context"] or "—", str(c.get("n", 0)), fmt_diff(study, c.get("mean")),
                      f"{fmt_diff(study, c.get('ci_lo'))} to {fmt_diff(study, c.get('ci_hi'))}", pb, p(c.get("p_t")),
-                     p(c.get("p_holm")), p(c.get("p_sign_flip")), c["verdict"],
+                     p(c.get("p_holm")), p(c.get("p_sign_flip")), c["verdict"] + _chance_flags(c),
                      str(c.get("seeds_needed")) if c.get("seeds_needed") else "—"])
     return head, rows
 
 
 def _adaptive_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
-    head = ["arm", "baseline", "at", "seeds used (max)", "difference", "95% repeated CI", "P(better) [95% CI]",
+    head = ["arm", "baseline", "held fixed", "seeds used (max)", "difference (points)", "95% repeated CI (points)", "P(better) [95% CI]",
             "p (sequential)", "p (Holm)", "verdict"]
     rows = []
     for c in study["comparisons"]:
@@ -577,8 +801,13 @@ def _adaptive_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
     return head, rows
 
 
+COMPARISON_NOTE = ("held fixed: the other varied factors, equal in the arm and its baseline. difference: arm − baseline, "
+                   "paired by seed. P(better): share of seeds where the arm beats its baseline. p-values are dimensionless.")
+
+
 def _crossover_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
-    head = ["arms", "at", "data fraction where the difference reaches 0", "95% CI", "training images", "resamples crossing"]
+    head = ["arms", "held fixed", "data fraction where the difference reaches 0 (fraction)", "95% CI (fraction)",
+            "training images (images)", "resamples crossing (%)"]
     rows = []
     for x in study["crossovers"]:
         if x.get("fraction") is None:
@@ -625,6 +854,7 @@ def _sections(study: dict) -> List[Tuple[str, str, Any]]:
                              + "."))
     secs.append(("table", "Arms", _arm_rows(study)))
     secs.append(("table", "Comparisons against the baseline", _comparison_rows(study)))
+    secs.append(("para", "", COMPARISON_NOTE))
     for key in PLOTS:
         title = PLOT_TITLES[key]
         if key == "forest" and study.get("adaptive"):
@@ -731,6 +961,23 @@ def load_probe(workdir: str) -> Optional[dict]:
         raise UserError(f"{path}: not valid JSON ({e}); regenerate it with keras_tl.probe or delete it") from None
 
 
+def _add_phase_epochs(plan: Plan, workdir: str, results: Dict[str, dict]) -> None:
+    """Give each result its phases' epoch counts from run.json (the training-curve plot marks where phases start)."""
+    from keras_tl.study.runner import run_dir
+
+    for run in plan.runs:
+        if run.key not in results:
+            continue
+        path = os.path.join(run_dir(workdir, run), "run.json")
+        try:
+            phases = json.loads(fs.read_text(path)).get("phases", []) if fs.exists(path) else []
+        except ValueError:
+            phases = []  # run.json is informative here; metrics.json is what the report needs
+        epochs = [p.get("epochs_run") for p in phases if isinstance(p, dict)]
+        if epochs and all(isinstance(e, int) for e in epochs):
+            results[run.key] = dict(results[run.key], phase_epochs=epochs)
+
+
 def build_report(plan: Plan, workdir: str, *, seed: int = 0) -> Dict[str, str]:
     """Collect finished runs from ``workdir`` and write the report there."""
     from keras_tl.study.runner import collect
@@ -740,5 +987,7 @@ def build_report(plan: Plan, workdir: str, *, seed: int = 0) -> Dict[str, str]:
         from keras_tl.study import adaptive
 
         budget = adaptive.resolve_budget(workdir, None)
-    study = analyze(plan, collect(plan, workdir), seed=seed, probe=load_probe(workdir), budget=budget)
+    results = collect(plan, workdir)
+    _add_phase_epochs(plan, workdir, results)
+    study = analyze(plan, results, seed=seed, probe=load_probe(workdir), budget=budget)
     return write_report(study, workdir)
