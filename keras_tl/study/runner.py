@@ -255,6 +255,8 @@ def run_in_subprocess(recipe, run_dir: str) -> dict:
         rc = subprocess.run(cmd, preexec_fn=_die_with_parent if os.name == "posix" else None).returncode
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if rc == 130:  # the child's own Ctrl-C line (keras_tl.cli): the study was interrupted with it
+        raise KeyboardInterrupt
     if rc < 0:
         os.kill(os.getpid(), -rc)  # SIGKILL/SIGTERM end the study; SIGINT raises KeyboardInterrupt here
         raise RuntimeError(f"keras_tl.train was killed by signal {-rc}")  # only if the signal was ignored
