@@ -85,8 +85,24 @@ def _main(args) -> int:
         raise UserError(f"--report_only: {workdir} holds no study (no plan.json); run the study first or fix --workdir")
     st = runner.status(plan, workdir)
     paths = report.build_report(plan, workdir)
+    verdict = _verdict(workdir)
+    if verdict:
+        print(f"\n{verdict}\n", flush=True)
     print(f"study: {st['done']}/{st['runs']} runs finished; report: {paths['html']}", flush=True)
     return 0
+
+
+def _verdict(workdir: str) -> str:
+    """The report's verdict paragraph (study.json), or "" when there is none."""
+    import json
+
+    from keras_tl import fs
+
+    path = os.path.join(workdir, "study.json")
+    try:
+        return str(json.loads(fs.read_text(path)).get("verdict") or "")
+    except (OSError, ValueError):
+        return ""
 
 
 if __name__ == "__main__":
