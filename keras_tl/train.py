@@ -73,9 +73,14 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
         metrics = write_records(ctx, state, results, final_split, export_info)
     if not ctx.runtime.is_chief:
         shutil.rmtree(ctx.out, ignore_errors=True)
+    size = ""
+    if ctx.runtime.is_chief:
+        checkpoint.prune_after_done(ctx.out, recipe)
+        nbytes = checkpoint.disk_usage(ctx.out)
+        size = f" ({nbytes / 2**20:,.0f} MB{'' if recipe.train.keep_checkpoints else '; checkpoints deleted, train.keep_checkpoints: true keeps them'})" if nbytes else ""
     summary = results[final_split]
     log(f"keras_tl: done in {_duration(time.time() - t_start)}: {final_split} accuracy {summary.get('accuracy', float('nan')):.4f}, "
-        f"loss {summary.get('loss', float('nan')):.4f}; {ctx.out}")
+        f"loss {summary.get('loss', float('nan')):.4f}; {ctx.out}{size}")
     return metrics
 
 

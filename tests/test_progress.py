@@ -65,3 +65,8 @@ def test_a_run_that_cannot_learn_says_so_and_shows_its_progress(tmp_path, tiny, 
     assert "phase 1/1 epoch 1/1; elapsed" in out and "run ETA ~" in out, out
     assert "keras_tl: evaluating on val (" in out and "keras_tl: exporting to" in out, out
     assert proc.stderr.strip() == "", proc.stderr
+    # Disk: after DONE only what reports, predict, visualize and probe --compare read is kept.
+    run = tmp_path / "run"
+    assert (run / "DONE").exists() and (run / "export" / "model.keras").exists() and (run / "state.json").exists()
+    assert not (run / "checkpoints").exists() and not (run / "backup").exists()
+    assert " MB; checkpoints deleted, train.keep_checkpoints: true keeps them)" in out.splitlines()[-1], out

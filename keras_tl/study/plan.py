@@ -50,13 +50,16 @@ RESERVED_KEYS = {"seed": "study.seeds sets the run seeds", "data.split_seed": "a
 # Pass --seconds_per_image or --measure_cost for a figure that fits your machine.
 DEFAULT_SECONDS_PER_IMAGE_64PX = {
     "mobilenetv3small": 0.0020,
+    "efficientnet_lite0": 0.0221,  # --measure_cost on this machine (load average ~20): issue 17
     "resnet50": 0.0100,
     "resnet101": 0.0190,
 }
 DEFAULT_SECONDS_PER_IMAGE_FALLBACK = 0.0190
-# Per-run CPU seconds outside the training steps (model build, graph tracing, evaluation, export):
-# recipes/study_smoke.yaml used 241 CPU-s for 4 runs of 640 training images each (ResNet-50, 32 px).
-SECONDS_PER_RUN_OVERHEAD = 50.0
+# Per-run seconds outside the training steps (process start, model build, graph tracing, evaluation,
+# export): recipes/study_smoke.yaml's 4 runs of 320 training images each (ResNet-50, 32 px) took
+# 2.1 min wall on an idle 2-core machine (issue 17), ~31 s per run of which ~3 s training. The
+# earlier 50 s (from CPU-seconds under load) made that plan say ~4-7 min.
+SECONDS_PER_RUN_OVERHEAD = 28.0
 
 
 # ---------------------------------------------------------------- axes
