@@ -95,3 +95,11 @@ def test_ctrl_c_prints_one_line_with_the_command_that_resumes(tmp_path, tiny, re
                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming" in again.stdout and "phase 1/2 already done" in again.stdout, again.stdout
+
+
+def test_tensorflow_op_errors_lose_their_graph_internals():
+    from keras_tl import predict
+
+    raw = ("{{function_node __wrapped__DecodeImage_device_/job:localhost/replica:0/task:0/device:CPU:0}} Unknown image "
+           "file format. One of JPEG, PNG, GIF, BMP required. [Op:DecodeImage] name: ")
+    assert predict.clean_tf_message(raw) == "Unknown image file format. One of JPEG, PNG, GIF, BMP required."
