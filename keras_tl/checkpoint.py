@@ -109,6 +109,42 @@ def mark_done(workdir: str) -> None:
     fs.write_text(os.path.join(workdir, DONE), datetime.datetime.now().isoformat() + "\n")
 
 
+def prune_after_done(workdir: str, recipe: recipe_lib.Recipe) -> List[str]:
+    """Delete what only resuming needs (``checkpoints/``, ``backup/``) from a finished run; the paths removed.
+
+    Kept: the export (predict, visualize, probe --compare), recipe.yaml, run.json, metrics.json,
+    state.json, the logs and confusion matrices (reports). Kept as well when
+    ``train.keep_checkpoints`` is true, or when nothing was exported (the checkpoints are then the
+    only weights of the run).
+    """
+    if recipe.train.keep_checkpoints or not (recipe.export.keras or recipe.export.savedmodel):
+        return []
+    removed = []
+    for name in ("checkpoints", "backup"):
+        path = os.path.join(workdir, name)
+        if fs.exists(path):
+            if fs.is_remote(path):
+                fs.gfile().rmtree(path)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def disk_usage(path: str) -> int:
+    """Bytes under a local directory (0 for gs://)."""
+    if fs.is_remote(path):
+        return 0
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
 # ------------------------------------------------------------------- phase records
 
 

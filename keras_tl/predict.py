@@ -1,6 +1,6 @@
 """Classify images with an exported model: ``python -m keras_tl.predict --model EXPORT_DIR IMAGE...``.
 
-Loads ``savedmodel/`` and ``labels.txt`` of a complete export (see keras_tl.export), reads each
+``--model`` takes a finished run directory or its ``export/``. Loads ``savedmodel/`` and ``labels.txt`` of a complete export (see keras_tl.export), reads each
 image (PNG/JPEG/.npy/FITS), fills NaN pixels and resizes it the way training did (export.json
 records size, channels, resize mode and the input transform; the SavedModel itself applies the
 flux scaling) and prints one line per image: ``path<TAB>label prob<TAB>label prob ...``,
@@ -10,19 +10,16 @@ is 2 (the other images are still classified).
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+import sys
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from absl import app, flags
 
 from keras_tl import cli
 from keras_tl.errors import DataError, UserError
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "An export directory (a run's export/), local or gs://.")
-flags.DEFINE_integer("top_k", None, "How many classes to print per image (default: the export's top_k).", lower_bound=1)
-flags.DEFINE_integer("batch_size", 32, "Images per model call.", lower_bound=1)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".npy", ".fits", ".fits.gz", ".fz")
 
@@ -71,6 +68,22 @@ class Predictor:
         k = min(k, len(self.labels))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [[(self.labels[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+
+
+def clean_tf_message(message: str) -> str:
+    """A TensorFlow op error without its graph-internal parts (``{{function_node ...}}``, ``[Op:...]``)."""
+    message = re.sub(r"\{\{function_node [^}]*\}\}", "", str(message))
+    return re.sub(r"\s*\[Op:\w+\](\s*name:\s*\S*)?", "", message).strip()
+
+
+def export_dir_of(model: str) -> str:
+    """The export directory behind ``--model``: a run directory's ``export/`` or the directory itself."""
+    from keras_tl import export
+
+    inner = model.rstrip("/") + "/export"
+    if not export.is_complete(model.rstrip("/")) and export.is_complete(inner):
+        return inner
+    return model
 
 
 def resize(image, size: Tuple[int, int], mode: str):
@@ -125,7 +138,7 @@ def read_image(path: str, size: Tuple[int, int], channels: int, mode: str = "res
     except fits_lib.FitsError as e:
         raise DataError(f"{path}: {e}") from None
     except (tf.errors.OpError, ValueError, OSError, EOFError) as e:
-        msg = e.message if isinstance(e, tf.errors.OpError) else str(e)
+        msg = clean_tf_message(e.message) if isinstance(e, tf.errors.OpError) else str(e)
         raise DataError(f"{path}: cannot read image: {' '.join(msg.split())[:200]}") from None
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise DataError(f"{path}: image has no pixels (shape {tuple(image.shape)})")
@@ -173,19 +186,33 @@ def format_line(path: str, top: List[Tuple[str, float]]) -> str:
     return "\t".join([path] + [f"{label} {prob:.4f}" for label, prob in top])
 
 
-def main(argv) -> int:
-    return cli.run(_main, argv[1:])
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m keras_tl.predict", description=__doc__.split("\n\n")[0],
+                                epilog="Quiet by default; KERAS_TL_VERBOSE=1 shows TensorFlow's own log lines.")
+    p.add_argument("--model", help="a finished run directory or its export/ directory, local or gs:// (required)")
+    p.add_argument("--top_k", type=int, help="how many classes to print per image (default: the export's top_k)")
+    p.add_argument("--batch_size", type=int, default=32, help="images per model call (default 32)")
+    p.add_argument("images", nargs="*", metavar="IMAGE")
+    return p
 
 
-def _main(paths) -> int:
-    if not FLAGS.model:
-        raise UserError("--model is required, e.g. python -m keras_tl.predict --model runs/telescope/<run>/export image.png")
-    if not paths:
-        raise UserError("no images given; usage: python -m keras_tl.predict --model EXPORT_DIR [--top_k 5] IMAGE...")
-    predictor = Predictor(FLAGS.model)
-    k = FLAGS.top_k or int(predictor.info.get("top_k", 5))
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cli.setup_output()
+    return cli.run(_main, parser().parse_intermixed_args(argv))
+
+
+def _main(args) -> int:
+    if not args.model:
+        raise UserError("--model is required, e.g. python -m keras_tl.predict --model runs/telescope/<run> image.png")
+    if not args.images:
+        raise UserError("no images given; usage: python -m keras_tl.predict --model RUN_OR_EXPORT_DIR [--top_k 5] IMAGE...")
+    for name in ("top_k", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name} {getattr(args, name)}: must be at least 1")
+    predictor = Predictor(export_dir_of(args.model))
+    k = args.top_k or int(predictor.info.get("top_k", 5))
     failed = 0
-    for path, top, err in classify(predictor, paths, k, FLAGS.batch_size):
+    for path, top, err in classify(predictor, args.images, k, args.batch_size):
         if err is not None:
             failed += 1
             cli.print_error(err)
@@ -195,4 +222,4 @@ def _main(paths) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

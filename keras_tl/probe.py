@@ -319,6 +319,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    cli.setup_output()
     return cli.run(_main, _parser().parse_args(argv))
 
 

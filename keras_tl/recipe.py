@@ -245,6 +245,8 @@ class TrainConfig:
     feature_cache: Literal["auto", "off"] = "auto"  # frozen-backbone fast path
     top_k: int = _field(5, min=1, max=1000)
     tensorboard: bool = True
+    # After DONE, checkpoints/ and backup/ are deleted (the export holds the model) unless true.
+    keep_checkpoints: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,19 +22,11 @@ import sys
 import time
 from typing import Any, Callable, Dict, Optional
 
-from absl import app, flags
+import argparse
 
 from keras_tl import checkpoint, cli, evaluate, faults, fs
 from keras_tl import recipe as recipe_lib
 from keras_tl.errors import UserError
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("recipe", None, "Path to a recipe YAML file.")
-flags.DEFINE_multi_string("set", [], "Override a recipe key: --set model.weights=none (repeatable).")
-flags.DEFINE_string("workdir", None, "Run directory (default runs/<recipe name>/<timestamp>); rerun on an unfinished one to resume.")
-flags.DEFINE_string("tpu", None, "TPU name (overrides train.tpu.name); 'local' on a TPU VM.")
-flags.DEFINE_string("tpu_zone", None, "TPU zone (overrides train.tpu.zone).")
-flags.DEFINE_string("tpu_project", None, "GCP project (overrides train.tpu.project).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,15 +64,29 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
         for index, phase in enumerate(recipe.train.phases):
             if index >= len(state.phases):
                 state.record(index, train_phase(model, index, phase, ctx))
+        splits = [s for s in ("val", "test") if ctx.datasets.counts.get(s)]
+        log(f"keras_tl: evaluating on {' and '.join(f'{s} ({ctx.datasets.counts[s]} images)' for s in splits)}")
         results, final_split = evaluate.evaluate_run(model, ctx.datasets, recipe, ctx.out)
+        if recipe.export.savedmodel or recipe.export.keras:
+            log(f"keras_tl: exporting to {os.path.join(ctx.out, 'export')} (written, reloaded and checked)")
         export_info = export_model(model, ctx)
         metrics = write_records(ctx, state, results, final_split, export_info)
     if not ctx.runtime.is_chief:
         shutil.rmtree(ctx.out, ignore_errors=True)
+    size = ""
+    if ctx.runtime.is_chief:
+        checkpoint.prune_after_done(ctx.out, recipe)
+        nbytes = checkpoint.disk_usage(ctx.out)
+        size = f" ({nbytes / 2**20:,.0f} MB{'' if recipe.train.keep_checkpoints else '; checkpoints deleted, train.keep_checkpoints: true keeps them'})" if nbytes else ""
     summary = results[final_split]
-    log(f"keras_tl: done: {final_split} accuracy {summary.get('accuracy', float('nan')):.4f}, loss {summary.get('loss', float('nan')):.4f}; "
-        f"{ctx.out}")
+    log(f"keras_tl: done in {_duration(time.time() - t_start)}: {final_split} accuracy {summary.get('accuracy', float('nan')):.4f}, "
+        f"loss {summary.get('loss', float('nan')):.4f}; {ctx.out}{size}")
     return metrics
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 # ------------------------------------------------------------------ pre-flight
@@ -141,7 +147,9 @@ def _restore(model, ctx: Context) -> checkpoint.RunState:
     if state.phases:
         last = state.phases[-1]
         checkpoint.load_weights(model, last["weights"])
-        ctx.log(f"keras_tl: phases 0..{len(state.phases) - 1} already done; loaded {last['weights']}")
+        n, total = len(state.phases), len(ctx.recipe.train.phases)
+        done = f"phase 1/{total}" if n == 1 else f"phases 1-{n}/{total}"
+        ctx.log(f"keras_tl: {done} already done; loaded {last['weights']}")
     return state
 
 
@@ -155,35 +163,42 @@ def train_phase(model, index: int, phase: recipe_lib.Phase, ctx: Context) -> dic
     recipe, runtime = ctx.recipe, ctx.runtime
     label = phase.name or f"phase{index}"
     rows = freeze.apply_phase(model, phase, recipe)
-    ctx.log(f"keras_tl: {label}: {phase.epochs} epochs, {phase.optimizer} lr {phase.lr}, trainable:\n{freeze.format_table(rows)}")
+    n_phases = len(recipe.train.phases)
+    where = f"phase {index + 1}/{n_phases} ({label})"
+    ctx.log(f"keras_tl: {where}: {phase.epochs} epochs, {phase.optimizer} lr {phase.lr}, trainable:\n{freeze.format_table(rows)}")
     n_train, batch = ctx.datasets.counts["train"], recipe.data.batch_size
     steps_per_epoch = phase.steps_per_epoch or (max(1, n_train // batch) if runtime.needs_static_shapes
                                                 else max(1, math.ceil(n_train / batch)))
     reason = fast_path_reason(recipe, rows, runtime)
     t_phase = time.time()
-    callbacks = checkpoint.resume_callbacks(ctx.out, index, label, recipe.train.monitor) + _observers(recipe, ctx.out, label)
+    callbacks = (checkpoint.resume_callbacks(ctx.out, index, label, recipe.train.monitor) + _observers(recipe, ctx.out, label)
+                 + [_progress(index, recipe, ctx)])
     num_outputs = int(model.output.shape[-1])
     with runtime.strategy.scope():
         loss, metrics = optim.loss_and_metrics(num_outputs, phase, recipe.train.top_k)
         optimizer = optim.make_optimizer(phase, steps_per_epoch)
     compile_args = dict(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=runtime.jit_compile,
                         steps_per_execution=recipe.train.steps_per_execution)
-    fit_args = dict(epochs=phase.epochs, verbose=1 if sys.stdout.isatty() else 2, callbacks=callbacks)
+    # shuffle=False: the tf.data pipeline already shuffles (Keras ignores the flag for datasets and warns).
+    fit_args = dict(epochs=phase.epochs, verbose=1 if sys.stdout.isatty() else 2, callbacks=callbacks, shuffle=False)
     if recipe.data.class_weights and ctx.datasets.class_weights:
         fit_args["class_weight"] = {int(k): float(v) for k, v in ctx.datasets.class_weights.items()}
     if phase.steps_per_epoch:
         fit_args["steps_per_epoch"] = phase.steps_per_epoch
     if reason is None:
-        ctx.log(f"keras_tl: {label}: frozen backbone, no augmentation: training the head on cached features")
+        ctx.log(f"keras_tl: {where}: frozen backbone, no augmentation: training the head on cached features")
         hist, extract_s = _fit_head_on_features(model, index, phase, ctx, compile_args, fit_args)
     else:
-        ctx.log(f"keras_tl: {label}: full forward/backward path ({reason})")
+        ctx.log(f"keras_tl: {where}: full forward/backward path ({reason})")
         hist, extract_s = _fit_full(model, index, phase, ctx, compile_args, fit_args), None
     phase_weights = checkpoint.phase_weights_path(ctx.out, index)
     checkpoint.save_weights(model, phase_weights)
     history = (checkpoint.read_csv_log(checkpoint.csv_log_path(ctx.out, index, label))
                or {k: [float(v) for v in vals] for k, vals in hist.history.items()})
     epochs_run = len(next(iter(history.values()), []))
+    warning = chance_warning(history, ctx.datasets.class_counts.get("val"), num_outputs, phase, recipe, rows)
+    if warning:
+        ctx.log(f"keras_tl: WARNING: {where}: {warning}")
     return {
         "name": label, "weights": phase_weights, "history": history, "stages": rows,
         "trainable_params": int(sum(r["trainable_params"] for r in rows)),
@@ -194,6 +209,63 @@ def train_phase(model, index: int, phase: recipe_lib.Phase, ctx: Context) -> dic
         "feature_extraction_s": extract_s,
         "fast_path_skipped_because": reason,
     }
+
+
+def _progress(index: int, recipe: recipe_lib.Recipe, ctx: Context):
+    """One line after each epoch: where the run is, its elapsed time and an ETA for the whole run.
+
+    The ETA assumes every remaining epoch costs what this phase's epochs cost so far (a phase on
+    cached features is cheaper, a phase training more stages dearer: hence the "~")."""
+    import keras
+
+    phases = recipe.train.phases
+
+    class Progress(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.t0, self.epochs = time.time(), 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs += 1
+            per_epoch = (time.time() - self.t0) / self.epochs
+            left = (phases[index].epochs - epoch - 1) + sum(p.epochs for p in phases[index + 1:])
+            ctx.log(f"keras_tl: phase {index + 1}/{len(phases)} epoch {epoch + 1}/{phases[index].epochs}; "
+                    f"elapsed {_duration(time.time() - ctx.t_start)}, run ETA ~{_duration(left * per_epoch)} "
+                    "+ evaluation and export")
+
+    return Progress()
+
+
+def chance_warning(history: dict, val_class_counts, num_outputs: int, phase, recipe, rows) -> Optional[str]:
+    """What it means when a phase's validation accuracy never left chance (the majority-class rate)
+    or its validation loss never left ln(classes) (uniform predictions); None when it learned."""
+    if num_outputs < 2 or not val_class_counts or not history.get("val_accuracy"):
+        return None
+    n_val, k = sum(val_class_counts), len(val_class_counts)
+    chance = max(val_class_counts) / n_val
+    # Above chance by more than two binomial standard errors of the validation set counts as learning.
+    margin = max(0.01, 2 * math.sqrt(chance * (1 - chance) / n_val))
+    best_val = max(history["val_accuracy"])
+    at_chance = best_val <= chance + margin
+    uniform = bool(history.get("val_loss")) and min(history["val_loss"]) >= 0.98 * math.log(k)
+    if not (at_chance or uniform):
+        return None
+    what = (f"validation accuracy stayed at chance (best {best_val:.3f}; majority class {chance:.3f} of {n_val} images)" if at_chance
+            else f"validation loss stayed at ln({k}) = {math.log(k):.4f} (best {min(history['val_loss']):.4f}): "
+                 "it predicts every class equally")
+    train_acc = max(history.get("accuracy") or [0.0])
+    backbone_frozen = all(r["trainable_params"] == 0 for r in rows if r["stage"] != "head")
+    if phase.lr == 0:
+        why = "the learning rate is 0: set this phase's lr"
+    elif train_acc > chance + max(0.1, 2 * margin):
+        why = (f"training accuracy reached {train_acc:.3f}, so the model learns in training mode but not in inference mode: "
+               "BatchNorm moving statistics lag behind the weights (lower model.bn_momentum, e.g. 0.9, or train more epochs)")
+    elif backbone_frozen and recipe.model.weights == "none":
+        why = ("the head is trained on a frozen, randomly initialised backbone, whose features carry little; "
+               "train backbone stages in this phase or use pretrained weights (model.weights: imagenet or a file)")
+    else:
+        why = (f"nothing was learned at lr {phase.lr:g} in {len(history['val_accuracy'])} epochs: try a 10x lower lr "
+               "(too high a rate collapses training to one class), a 10x higher one, or more epochs")
+    return f"{what}; {why}"
 
 
 def _observers(recipe: recipe_lib.Recipe, out: str, label: str) -> list:
@@ -360,18 +432,37 @@ def write_records(ctx: Context, state: checkpoint.RunState, results: dict, final
 # ---------------------------------------------------------------------- CLI
 
 
-def main(argv) -> int:
-    return cli.run(_main, argv)
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m keras_tl.train", description=__doc__.split("\n\n")[0],
+                                epilog="Quiet by default; KERAS_TL_VERBOSE=1 shows TensorFlow's own log lines.")
+    p.add_argument("--recipe", help="recipe YAML file (required)")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="K=V",
+                   help="override a recipe key, e.g. --set model.weights=none (repeatable)")
+    p.add_argument("--workdir", help="run directory (default runs/<recipe name>/<timestamp>); "
+                   "give an unfinished run's directory to resume it")
+    p.add_argument("--tpu", help="TPU name (overrides train.tpu.name); 'local' on a TPU VM")
+    p.add_argument("--tpu_zone", help="TPU zone (overrides train.tpu.zone)")
+    p.add_argument("--tpu_project", help="GCP project (overrides train.tpu.project)")
+    return p
 
 
-def _main(argv) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments {argv[1:]}; use --recipe R [--set k=v ...] [--workdir DIR]")
-    if not FLAGS.recipe:
+def main(argv: Optional[list] = None) -> int:
+    cli.setup_output()
+    return cli.run(_main, parser().parse_args(argv))
+
+
+def _main(args) -> None:
+    if not args.recipe:
         raise UserError("--recipe is required, e.g. python -m keras_tl.train --recipe recipes/smoke.yaml")
-    tpu_flags = {k: v for k, v in (("name", FLAGS.tpu), ("zone", FLAGS.tpu_zone), ("project", FLAGS.tpu_project)) if v}
-    run(recipe_lib.load(FLAGS.recipe, FLAGS.set), FLAGS.workdir, tpu_flags=tpu_flags or None)
+    tpu_flags = {k: v for k, v in (("name", args.tpu), ("zone", args.tpu_zone), ("project", args.tpu_project)) if v}
+    recipe = recipe_lib.load(args.recipe, args.overrides)
+    workdir = args.workdir or checkpoint.default_workdir(recipe)
+    resume = ["--recipe", args.recipe, *[a for o in args.overrides for a in ("--set", o)], "--workdir", workdir]
+    resume += [a for k, v in (("--tpu", args.tpu), ("--tpu_zone", args.tpu_zone), ("--tpu_project", args.tpu_project)) if v
+               for a in (k, v)]
+    cli.set_resume_command(cli.command_line("keras_tl.train", resume))
+    run(recipe, workdir, tpu_flags=tpu_flags or None)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

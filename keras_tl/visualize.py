@@ -277,6 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", default="visualize", help="output directory (default ./visualize)")
     p.add_argument("--maps", type=int, default=4, help="feature maps shown per stage (default 4)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
+    cli.setup_output()
     return cli.run(_main, p.parse_args(argv))
 
 

@@ -487,7 +487,9 @@ def _fetch(names: List[str]) -> int:
         try:
             c = ensure_imagenet(name)
         except UserError as e:
-            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            from keras_tl import cli
+
+            cli.print_error(e)
             failed += 1
             continue
         how = f"downloaded from {c.downloaded_from}" if c.downloaded_from else "already cached"
@@ -497,12 +499,15 @@ def _fetch(names: List[str]) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m keras_tl.weights fetch BACKBONE... | list``; returns the exit status."""
+    from keras_tl import cli
+
+    cli.setup_output()
     args = _parser().parse_args(argv)
     try:
         return _list() if args.command == "list" else _fetch(args.backbones)
     except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        cli.print_error(e)
+        return cli.USAGE_ERROR
 
 
 if __name__ == "__main__":

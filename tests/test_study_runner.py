@@ -223,6 +223,6 @@ def test_default_runs_each_training_run_in_a_fresh_process(tmp_path, monkeypatch
     monkeypatch.undo()
     bad = recipe_lib.from_dict({"name": "x", "data": {"source": "directory", "path": str(tmp_path / "missing")},
                                 "model": {"backbone": "resnet50", "weights": "none"}})
-    with pytest.raises(RuntimeError, match="exited with status 2"):
+    with pytest.raises(RuntimeError, match=r"exited with status 2 .*: error: .*missing.*full output: .*run\.log"):
         runner.run_in_subprocess(bad, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()

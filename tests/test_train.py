@@ -19,7 +19,9 @@ def finished_run(tmp_path_factory, tiny, recipe_file):
     from keras_tl import train
 
     tmp = tmp_path_factory.mktemp("run")
-    recipe = recipe_lib.load(recipe_file(tmp, tiny()))
+    raw = tiny()
+    raw["train"]["keep_checkpoints"] = True  # test_checkpoints_hold_weights_without_optimizer_state reads them
+    recipe = recipe_lib.load(recipe_file(tmp, raw))
     workdir = str(tmp / "wd")
     metrics = train.run(recipe, workdir, log=lambda *a: None)
     return recipe, workdir, metrics

@@ -12,96 +12,101 @@ written to the workdir after this worker's runs, marked PARTIAL while runs are m
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
+from typing import Optional
 
-from absl import app, flags
-
+from keras_tl import cli
 from keras_tl.errors import UserError, WeightsError
 
-try:
-    # keras_tl.train defines --recipe, --set and --workdir with the same meaning; absl allows a
-    # flag name only once per process, so this CLI shares them rather than redefining them.
-    from keras_tl import train as _train  # noqa: F401  (light: TensorFlow is imported lazily)
-except ImportError:  # pragma: no cover - keras_tl.train missing in a partial checkout
-    _train = None
 
-FLAGS = flags.FLAGS
-
-
-def _define(kind: str, name: str, default, help_text: str) -> None:
-    if name not in FLAGS:
-        getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
-
-
-_define("string", "recipe", None, "Path to a study recipe YAML (a training recipe plus a study: section).")
-_define("multi_string", "set", [], "Override a key: --set study.seeds=2 or --set data.batch_size=16 (repeatable).")
-_define("string", "workdir", None, "Study directory (default runs/studies/<recipe name>).")
-_define("string", "shard", None, "Run shard i of N (0-based), e.g. --shard 0/4; the shards partition the plan.")
-_define("bool", "resume", False, "Continue a study in an existing workdir: skip finished runs, take over stale claims.")
-_define("bool", "dry_run", False, "Print the plan and its cost, then stop.")
-_define("bool", "report_only", False, "Only (re)build the report from the finished runs in --workdir.")
-_define("bool", "keep_going", False, "Log a failing run and continue with the next one (default: stop).")
-_define("bool", "in_process", False, "Run every training run inside this process: no per-run start-up, but "
-        "TensorFlow keeps 320-350 MB per finished run (default: a fresh process per run).")
-_define("string", "budget", None, "Adaptive seeds only: stop adding rounds of seeds when the next round would take the "
-        "study past this many runs (e.g. 40runs) or hours of summed run time (e.g. 2.5h, 90min).")
-_define("float", "seconds_per_image", None, "CPU seconds per training image for the cost estimate.")
-_define("bool", "measure_cost", False, "Measure seconds per image with a few training steps of the base model.")
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m keras_tl.study", description=__doc__.split("\n\n")[0],
+                                epilog="Quiet by default; KERAS_TL_VERBOSE=1 shows TensorFlow's own log lines.")
+    p.add_argument("--recipe", help="study recipe YAML: a training recipe plus a study: section (required)")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="K=V",
+                   help="override a key: --set study.seeds=2 or --set data.batch_size=16 (repeatable)")
+    p.add_argument("--workdir", help="study directory (default runs/studies/<recipe name>)")
+    p.add_argument("--shard", help="run shard i of N (0-based), e.g. --shard 0/4; the shards partition the plan")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a study in an existing workdir: skip finished runs, take over stale claims")
+    p.add_argument("--dry_run", action="store_true", help="print the plan and its cost, then stop")
+    p.add_argument("--report_only", action="store_true", help="only (re)build the report from the finished runs in --workdir")
+    p.add_argument("--keep_going", action="store_true", help="log a failing run and continue with the next one (default: stop)")
+    p.add_argument("--in_process", action="store_true",
+                   help="run every training run inside this process: no per-run start-up, but TensorFlow keeps "
+                   "320-350 MB per finished run (default: a fresh process per run)")
+    p.add_argument("--budget", help="adaptive seeds only: stop adding rounds of seeds when the next round would take the "
+                   "study past this many runs (e.g. 40runs) or hours of summed run time (e.g. 2.5h, 90min)")
+    p.add_argument("--seconds_per_image", type=float, help="CPU seconds per training image for the cost estimate")
+    p.add_argument("--measure_cost", action="store_true",
+                   help="measure seconds per image with a few training steps of the base model")
+    return p
 
 
-def main(argv) -> int:
-    del argv
+def main(argv: Optional[list] = None) -> int:
+    cli.setup_output()
+    return cli.run(_main, parser().parse_args(argv))
+
+
+def _main(args) -> int:
     from keras_tl import fs
     from keras_tl.study import adaptive, report, runner
     from keras_tl.study import plan as plan_lib
 
-    if not FLAGS.recipe:
+    if not args.recipe:
         raise UserError("--recipe is required, e.g. --recipe recipes/study_smoke.yaml")
-    plan = plan_lib.load_plan(FLAGS.recipe, FLAGS.set)
-    spi, source = FLAGS.seconds_per_image, "--seconds_per_image"
+    plan = plan_lib.load_plan(args.recipe, args.overrides)
+    spi, source = args.seconds_per_image, "--seconds_per_image"
     if spi is not None and spi <= 0:
         raise UserError(f"--seconds_per_image {spi}: must be > 0")
-    if FLAGS.measure_cost:
+    if args.measure_cost:
         spi, source = plan_lib.measure_seconds_per_image(plan.base), "measured now, every layer training"
-    from keras_tl.study import adaptive
-
     print(plan_lib.format_plan(plan, plan_lib.estimate_cost(plan, spi, source), adaptive.plan_lines(plan)), flush=True)
     # A dry run only checks the cache; a real one downloads what is missing now, before the first run.
-    problems = [] if FLAGS.report_only else plan_lib.missing_weights(plan, fetch=not FLAGS.dry_run)
-    if FLAGS.dry_run:
+    problems = [] if args.report_only else plan_lib.missing_weights(plan, fetch=not args.dry_run)
+    if args.dry_run:
         for p in problems:
             print(f"  MISSING WEIGHTS: {p}", flush=True)
-        existing = FLAGS.workdir or os.path.join("runs", "studies", plan.name)
+        existing = args.workdir or os.path.join("runs", "studies", plan.name)
         if runner.check_plan(existing, plan):
             print(f"  {existing}: holds this plan; --resume continues it", flush=True)
         return 0
     if problems:
         # Checked before the first run: an hour in, a missing file would waste the runs before it.
         raise WeightsError(f"{problems[0]}" + (f" (and {len(problems) - 1} more weights sources)" if len(problems) > 1 else ""))
-    workdir = FLAGS.workdir or os.path.join("runs", "studies", plan.name)
-    budget = adaptive.parse_budget(FLAGS.budget)
+    workdir = args.workdir or os.path.join("runs", "studies", plan.name)
+    budget = adaptive.parse_budget(args.budget)
     if budget is not None and not plan.study.adaptive:
-        raise UserError(f"--budget {FLAGS.budget}: needs adaptive seeds; set study.seeds to {{min: 3, max: 12}} (or drop --budget)")
-    if budget is not None and FLAGS.report_only:
-        raise UserError(f"--budget {FLAGS.budget}: --report_only uses the budget recorded in the workdir; drop --budget, "
+        raise UserError(f"--budget {args.budget}: needs adaptive seeds; set study.seeds to {{min: 3, max: 12}} (or drop --budget)")
+    if budget is not None and args.report_only:
+        raise UserError(f"--budget {args.budget}: --report_only uses the budget recorded in the workdir; drop --budget, "
                         "or run the study with --resume --budget to change it")
-    if not FLAGS.report_only:
-        run_fn = runner.run_in_process if FLAGS.in_process else runner.run_in_subprocess
+    if not args.report_only:
+        resume = ["--recipe", args.recipe, *[a for o in args.overrides for a in ("--set", o)], "--workdir", workdir]
+        resume += (["--shard", args.shard] if args.shard else []) + (["--keep_going"] if args.keep_going else [])
+        resume += (["--budget", args.budget] if args.budget else []) + ["--resume"]
+        cli.set_resume_command(cli.command_line("keras_tl.study", resume))
+        run_fn = runner.run_in_process if args.in_process else runner.run_in_subprocess
         if plan.study.adaptive:
             runner.write_plan(workdir, plan)
             budget = adaptive.resolve_budget(workdir, budget)
             res = adaptive.run_adaptive(plan, workdir, design=plan.study.design(), margin=adaptive.margin(plan),
-                                        budget=budget, shard=runner.parse_shard(FLAGS.shard), resume=FLAGS.resume,
-                                        keep_going=FLAGS.keep_going, run_fn=run_fn)
+                                        budget=budget, shard=runner.parse_shard(args.shard), resume=args.resume,
+                                        keep_going=args.keep_going, run_fn=run_fn)
         else:
-            res = runner.run_plan(plan, workdir, shard=runner.parse_shard(FLAGS.shard), resume=FLAGS.resume,
-                                  keep_going=FLAGS.keep_going, run_fn=run_fn)
+            res = runner.run_plan(plan, workdir, shard=runner.parse_shard(args.shard), resume=args.resume,
+                                  keep_going=args.keep_going, run_fn=run_fn)
         print(f"study: ran {len(res.ran)}, already done {len(res.skipped_done)}, claimed by other workers "
               f"{len(res.skipped_claimed)}, failed {len(res.failed)}", flush=True)
     elif not fs.exists(os.path.join(workdir, "plan.json")):
         raise UserError(f"--report_only: {workdir} holds no study (no plan.json); run the study first or fix --workdir")
     st = runner.status(plan, workdir)
     paths = report.build_report(plan, workdir)
+    verdict = _verdict(workdir)
+    if verdict:
+        print(f"\n{verdict}\n", flush=True)
     if plan.study.adaptive:
         print(f"study: {st['done']} runs finished (adaptive seeds: at most {st['runs']}); report: {paths['html']}", flush=True)
     else:
@@ -109,11 +114,18 @@ def main(argv) -> int:
     return 0
 
 
-def _entry(argv) -> int:
-    from keras_tl import cli
+def _verdict(workdir: str) -> str:
+    """The report's verdict paragraph (study.json), or "" when there is none."""
+    import json
 
-    return cli.run(main, argv)
+    from keras_tl import fs
+
+    path = os.path.join(workdir, "study.json")
+    try:
+        return str(json.loads(fs.read_text(path)).get("verdict") or "")
+    except (OSError, ValueError):
+        return ""
 
 
 if __name__ == "__main__":
-    app.run(_entry)
+    sys.exit(main())

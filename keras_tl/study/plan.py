@@ -44,9 +44,11 @@ MAX_RUNS = 100_000
 # Keys an axis may not vary: arms share splits and run seeds (the study sets those itself).
 RESERVED_KEYS = {"seed": "study.seeds sets the run seeds", "data.split_seed": "arms must share their splits"}
 
-# Per-run CPU seconds outside the training steps (model build, graph tracing, evaluation, export):
-# recipes/study_smoke.yaml used 241 CPU-s for 4 runs of 640 training images each (ResNet-50, 32 px).
-SECONDS_PER_RUN_OVERHEAD = 50.0
+# Per-run seconds outside the training steps (process start, model build, graph tracing, evaluation,
+# export): recipes/study_smoke.yaml's 4 runs of 320 training images each (ResNet-50, 32 px) took
+# 2.1 min wall on an idle 2-core machine (issue 17), ~31 s per run of which ~3 s training. The
+# earlier 50 s (from CPU-seconds under load) made that plan say ~4-7 min.
+SECONDS_PER_RUN_OVERHEAD = 28.0
 
 
 # ---------------------------------------------------------------- axes

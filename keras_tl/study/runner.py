@@ -241,8 +241,27 @@ def _die_with_parent() -> None:
         pass
 
 
+def log_path(run_dir: str) -> str:
+    """Where a study run's own output goes: ``<run dir>.log``, beside the run directory (keras_tl.train
+    refuses a run directory that holds anything but a run)."""
+    return run_dir.rstrip("/") + ".log"
+
+
+def _last_error(path: str) -> str:
+    """The child's ``error:`` line, or its last line, from its log."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return ""
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or [""])[-1]
+
+
 def run_in_subprocess(recipe, run_dir: str) -> dict:
     """One study run as ``python -m keras_tl.train`` in a fresh process; returns its metrics.json.
+
+    The child's output (stdout and stderr) goes to :func:`log_path`, not the terminal.
 
     In one long-lived process TensorFlow/Keras keep memory from every finished run (measured:
     +320-350 MB per ResNet-50 run at 32 px even after ``keras.backend.clear_session()``; a 32-run study
@@ -265,14 +284,20 @@ def run_in_subprocess(recipe, run_dir: str) -> dict:
         with open(path, "w", encoding="utf-8") as f:
             f.write(recipe_lib.dump(recipe))
         cmd = [sys.executable, "-m", "keras_tl.train", "--recipe", path, "--workdir", run_dir]
-        rc = subprocess.run(cmd, preexec_fn=_die_with_parent if os.name == "posix" else None).returncode
+        log = log_path(run_dir)
+        fs.makedirs(os.path.dirname(log))
+        with open(log, "ab") as out:
+            rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_parent if os.name == "posix" else None).returncode
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if rc == 130:  # the child's own Ctrl-C line (keras_tl.cli): the study was interrupted with it
+        raise KeyboardInterrupt
     if rc < 0:
         os.kill(os.getpid(), -rc)  # SIGKILL/SIGTERM end the study; SIGINT raises KeyboardInterrupt here
         raise RuntimeError(f"keras_tl.train was killed by signal {-rc}")  # only if the signal was ignored
     if rc != 0:
-        raise RuntimeError(f"keras_tl.train exited with status {rc} for {run_dir} (its error is printed above)")
+        raise RuntimeError(f"keras_tl.train exited with status {rc} for {run_dir}: {_last_error(log)} (full output: {log})")
     path = os.path.join(run_dir, METRICS)
     if not fs.exists(path):
         raise RuntimeError(f"{run_dir}: keras_tl.train finished without {METRICS}")
@@ -317,6 +342,7 @@ def run_plan(
                 "or choose another --workdir"
             )
     result = RunnerResult()
+    t_study, todo = time.time(), sum(1 for r in mine if not is_done(workdir, r))
     for n, run in enumerate(mine, 1):
         if is_done(workdir, run):
             result.skipped_done.append(run.key)
@@ -335,7 +361,7 @@ def run_plan(
             continue
         d = run_dir(workdir, run)
         fs.makedirs(os.path.dirname(d))
-        log(f"study: [{n}/{len(mine)}] {run.key}")
+        t_run = time.time()
         try:
             metrics = run_fn(run.recipe, d)
         except BaseException as e:
@@ -354,7 +380,28 @@ def run_plan(
         if not fs.exists(os.path.join(d, DONE)):
             fs.write_text(os.path.join(d, DONE), time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
         result.ran.append(run.key)
+        log(run_line(plan, run, metrics, n, len(mine), time.time() - t_run,
+                     (time.time() - t_study) / len(result.ran) * max(0, todo - len(result.ran) - len(result.failed)
+                                                                    - len(result.skipped_claimed))))
     return result
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def run_line(plan: Plan, run: Run, metrics: dict, n: int, total: int, elapsed: float, eta: float) -> str:
+    """One line per finished run: arm, seed, lr, the study's metric, its time, the study's ETA."""
+    metric = plan.study.metric
+    split = metrics.get("final_split") or ("test" if metrics.get("test") else "val")
+    value = (metrics.get(split) or {}).get(metric)
+    shown = f"{split} {metric} {value:.3f}" if isinstance(value, (int, float)) else f"{split} {metric} n/a"
+    lr = f" lr {run.lr:g}" if run.lr is not None else ""
+    return (f"study: [{n}/{total}] {run.arm_id} seed {run.seed}{lr}: {shown}, {_duration(elapsed)}; "
+            f"study ETA ~{_duration(eta)}")
 
 
 def collect(plan: Plan, workdir: str) -> Dict[str, dict]:
