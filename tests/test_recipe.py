@@ -378,7 +378,8 @@ def run_cli(recipe_path, *sets, workdir, probe_tf=False):
     if probe_tf:
         code = (
             "import atexit, runpy, sys\n"
-            "atexit.register(lambda: open(sys.argv.pop(), 'w').write(str('tensorflow' in sys.modules)))\n"
+            "probe = sys.argv.pop()\n"  # the CLI's own arguments stay as they are
+            "atexit.register(lambda: open(probe, 'w').write(str('tensorflow' in sys.modules)))\n"
             "sys.argv = ['keras_tl.train'] + sys.argv[1:]\n"
             "runpy.run_module('keras_tl.train', run_name='__main__')\n"
         )
