@@ -189,3 +189,49 @@ def format_inspection(info: dict, defaults: Dict[str, Any], bad: List[dict], ove
     if overrides:
         lines.append("  --set: " + " ".join(overrides))
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ 2. probes
+
+
+def probe_weights(source: Optional[str]) -> List[str]:
+    return ["imagenet", "none"] + ([source] if source else [])
+
+
+def run_probes(recipe: recipe_lib.Recipe, source: Optional[str], workdir: str, log=print) -> dict:
+    """keras_tl.probe over imagenet, none (and the source weights); probe.json in ``workdir``."""
+    from keras_tl import probe
+
+    return probe.run_probe(recipe, probe_weights(source), workdir, log=log)
+
+
+def choose_candidates(probe_out: dict) -> dict:
+    """Which arms the probes make worth running: reset/cut the last stage when ImageNet's last stage
+    probes no better than random init (within PROBE_MARGIN), and the freeze point."""
+    stages = list(probe_out["stages"])
+    res = probe_out["results"]
+    last_in, last_none = res["imagenet"]["linear"][-1], res["none"]["linear"][-1]
+    best_in = max(range(len(stages)), key=lambda i: res["imagenet"]["linear"][i])
+    weak_last = last_in <= last_none + PROBE_MARGIN
+    why = (f"ImageNet's last stage {stages[-1]} probes {last_in:.3f} vs random init's {last_none:.3f} "
+           + ("(no better than random: reset and cut become arms)" if weak_last else "(better than random: kept whole)"))
+    return {
+        "last_stage": stages[-1], "cut_after": stages[-2], "weak_last": weak_last, "why": why,
+        "best_imagenet_stage": stages[best_in], "freeze_from": stages[-2],
+        "chance": probe_out["chance"],
+    }
+
+
+def format_probes(probe_out: dict, cand: dict) -> str:
+    stages = probe_out["stages"]
+    width = max(len(w) for w in probe_out["results"]) + 2
+    lines = [f"ask: probes (linear accuracy on val per stage; chance {probe_out['chance']:.3f}):",
+             "  " + " " * width + " ".join(f"{s[:7]:>7}" for s in stages)]
+    for w, r in probe_out["results"].items():
+        lines.append(f"  {w:<{width}}" + " ".join(f"{v:7.3f}" for v in r["linear"]))
+    gap = probe_out.get("bn_gap", {}).get("results", {}).get("imagenet")
+    if gap and gap.get("sym_kl"):
+        lines.append("  BN gap, imagenet (symmetric KL of this data vs the BN running statistics): "
+                     + " ".join(f"{s} {v:.2f}" for s, v in zip(gap["stages"], gap["sym_kl"]) if v is not None))
+    lines.append(f"  {cand['why']}")
+    return "\n".join(lines)
