@@ -279,7 +279,7 @@ def make_plan(base: recipe_lib.Recipe, section: dict):
 
 
 def fit_plan(base: recipe_lib.Recipe, levels: List[List[dict]], n_train: int, seconds_per_image: float,
-             budget_s: float, spi_source: str = "measured") -> dict:
+             budget_s: float, spi_source: str = "measured", spent_s: float = 0.0) -> dict:
     """The richest plan whose estimated cost fits ``budget_s``: levels from the richest down, two
     learning rates then one, at >= 3 seeds (as many more as fit, up to MAX_SEEDS); else the main
     question alone at 2 seeds and one rate. Raises UserError with the budget that would fit.
@@ -310,9 +310,11 @@ def fit_plan(base: recipe_lib.Recipe, levels: List[List[dict]], n_train: int, se
             cost = plan_lib.estimate_cost(plan, seconds_per_image, spi_source)
             return {"level": lv, "levels": len(levels), "section": section, "plan": plan, "cost": cost,
                     "per_seed_s": c1, "budget_s": budget_s}
-    raise UserError(f"--budget: {duration(budget_s)} left for training, but the smallest study (imagenet vs scratch, "
-                    f"2 seeds, one learning rate) needs ~{duration(smallest)} on this machine; pass --budget "
-                    f"{int(smallest // 60) + 1}m or more (or a smaller data.image_size with --set)")
+    need = spent_s + smallest
+    raise UserError(f"--budget: {duration(budget_s)} left for training after {duration(spent_s)} of inspection, probes and "
+                    f"cost measurement, but the smallest study (imagenet vs scratch, 2 seeds, one learning rate) needs "
+                    f"~{duration(smallest)} on this machine; pass --budget {int(need // 60) + 1}m or more "
+                    f"(or a smaller data.image_size with --set)")
 
 
 LEVEL_TEXT = ["the main question only (ImageNet vs scratch, all data)", "ImageNet vs scratch at both data sizes",
@@ -521,9 +523,10 @@ def ask(args, log=print) -> dict:
         t = time.time()
         spi = plan_lib.measure_seconds_per_image(base)
         state["seconds"]["measure"] = round(time.time() - t, 1)
+        save()
         spent = sum(state["seconds"].values())  # inspection, probes and this measurement, in this call or an earlier one
         fit = fit_plan(base, candidate_levels(cand, args.source), n_train, spi, budget_s - spent,
-                       "measured now on this machine, every layer training")
+                       "measured now on this machine, every layer training", spent_s=spent)
         state["plan"] = {"section": fit["section"], "level": fit["level"], "levels": fit["levels"], "seconds_per_image": spi,
                          "budget_s": budget_s, "budget_left_s": fit["budget_s"], "per_seed_s": fit["per_seed_s"],
                          "estimate_s": fit["cost"].cpu_seconds, "fingerprint": fit["plan"].fingerprint(),
