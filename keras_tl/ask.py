@@ -334,8 +334,17 @@ def format_fit(fit: dict) -> str:
 # ------------------------------------------------------------------ 4. run
 
 
-def run_study(plan, study_dir: str, *, shard: Optional[str] = None, in_process: bool = False, log=print):
-    """The study runner over ``plan`` in ``study_dir`` (always resumable), then its report."""
+class OutOfBudget(BaseException):
+    """Raised instead of starting a run that would end after the deadline (the runner releases its claim)."""
+
+
+def run_study(plan, study_dir: str, *, shard: Optional[str] = None, in_process: bool = False,
+              deadline: Optional[float] = None, run_seconds: float = 0.0, log=print) -> dict:
+    """The study runner over ``plan`` in ``study_dir`` (always resumable), then its report; study.json's content.
+
+    A run is not started when ``now + run_seconds`` (the plan's estimate per run) passes ``deadline``:
+    the study then stops with seed-complete runs (the plan is seed-major) and the report says PARTIAL.
+    """
     from keras_tl.errors import WeightsError
     from keras_tl.study import plan as plan_lib
     from keras_tl.study import report, runner
@@ -343,9 +352,20 @@ def run_study(plan, study_dir: str, *, shard: Optional[str] = None, in_process: 
     problems = plan_lib.missing_weights(plan, fetch=True)
     if problems:
         raise WeightsError(problems[0])
-    res = runner.run_plan(plan, study_dir, shard=runner.parse_shard(shard), resume=True,
-                          run_fn=runner.run_in_process if in_process else runner.run_in_subprocess, log=log)
-    log(f"ask: ran {len(res.ran)}, already done {len(res.skipped_done)}, claimed by other workers {len(res.skipped_claimed)}")
+    inner = runner.run_in_process if in_process else runner.run_in_subprocess
+
+    def run_fn(recipe, run_dir):
+        if deadline is not None and time.time() + run_seconds > deadline:
+            raise OutOfBudget(run_dir)
+        return inner(recipe, run_dir)
+
+    try:
+        res = runner.run_plan(plan, study_dir, shard=runner.parse_shard(shard), resume=True, run_fn=run_fn, log=log)
+        log(f"ask: ran {len(res.ran)}, already done {len(res.skipped_done)}, claimed by other workers {len(res.skipped_claimed)}")
+    except OutOfBudget:
+        st = runner.status(plan, study_dir)
+        log(f"ask: budget spent: {st['done']} of {st['runs']} runs finished; the answer below is partial "
+            "(rerun the same command to continue)")
     report.build_report(plan, study_dir)
     return json.loads(fs.read_text(os.path.join(study_dir, "study.json")))
 
@@ -432,7 +452,9 @@ def answer_text(study: dict, extra: List[dict], rec: Optional[dict], notes: List
     """The answer's first paragraph (plain words, with CIs), then the details lines."""
     from keras_tl.study import report
 
-    sentences = [f"For {info['path']} ({info['images']} images, {len(info['classes'])} classes, {backbone}), on {study['split']} "
+    partial = (f"PARTIAL ({study['runs_done']} of {study['runs_total']} runs finished; the same command again continues). "
+               if study["runs_done"] < study["runs_total"] else "")
+    sentences = [f"{partial}For {info['path']} ({info['images']} images, {len(info['classes'])} classes, {backbone}), on {study['split']} "
                  f"{study['metric']} with 95% CIs:"]
     main = [c for c in study["comparisons"] if _is(c["values"], init="imagenet")]
     for c in sorted(main, key=lambda c: c["values"]["data_fraction"]):
@@ -548,7 +570,9 @@ def ask(args, log=print) -> dict:
     # 4. run
     study_dir = os.path.join(workdir, "study")
     t = time.time()
-    study = run_study(plan, study_dir, shard=args.shard, in_process=args.in_process, log=log)
+    # Each call keeps to --budget from its own start: a rerun after an interruption gets the budget again.
+    study = run_study(plan, study_dir, shard=args.shard, in_process=args.in_process, deadline=t0 + budget_s,
+                      run_seconds=cost.cpu_seconds / max(1, cost.runs), log=log)
     state["seconds"]["study_this_call"] = round(time.time() - t, 1)
     state["seconds"]["study_runs_wall"] = round(sum(a["wall_time"]["total"] or 0.0 for a in study["arms"]), 1)
 
