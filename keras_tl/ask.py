@@ -342,7 +342,8 @@ def run_study(plan, study_dir: str, *, shard: Optional[str] = None, in_process: 
               deadline: Optional[float] = None, run_seconds: float = 0.0, log=print) -> dict:
     """The study runner over ``plan`` in ``study_dir`` (always resumable), then its report; study.json's content.
 
-    A run is not started when ``now + run_seconds`` (the plan's estimate per run) passes ``deadline``:
+    A run is not started when ``now + run_seconds`` (the plan's estimate per run, or the longest run of
+    this call if longer) passes ``deadline``:
     the study then stops with seed-complete runs (the plan is seed-major) and the report says PARTIAL.
     """
     from keras_tl.errors import WeightsError
@@ -354,10 +355,15 @@ def run_study(plan, study_dir: str, *, shard: Optional[str] = None, in_process: 
         raise WeightsError(problems[0])
     inner = runner.run_in_process if in_process else runner.run_in_subprocess
 
+    longest = [run_seconds]  # the estimate, or the longest run of this call when runs take longer here
+
     def run_fn(recipe, run_dir):
-        if deadline is not None and time.time() + run_seconds > deadline:
+        if deadline is not None and time.time() + longest[0] > deadline:
             raise OutOfBudget(run_dir)
-        return inner(recipe, run_dir)
+        t = time.time()
+        out = inner(recipe, run_dir)
+        longest[0] = max(longest[0], time.time() - t)
+        return out
 
     try:
         res = runner.run_plan(plan, study_dir, shard=runner.parse_shard(shard), resume=True, run_fn=run_fn, log=log)
@@ -437,7 +443,11 @@ def budget_notes(study: dict, rec: Optional[dict], chance: float, per_seed_s: fl
     top = next((c for c in main if c["values"]["data_fraction"] == full), None)
     if top is not None and top["verdict"] not in ("better", "worse"):
         n = top.get("seeds_needed")
-        if n:
+        if top["n"] < 2:
+            need = fixed_s + per_seed_s * max(3, study["seeds"])
+            notes.append(f"ImageNet vs scratch on all data has {top['n']} finished seed pair; a CI needs 2+, and the planned "
+                         f"{max(3, study['seeds'])} seeds need ~{duration(need)} (--budget {int(need // 60) + 1}m).")
+        elif n:
             need = fixed_s + per_seed_s * n
             notes.append(f"ImageNet vs scratch on all data is unresolved at {top['n']} seeds; ~{n} seeds would resolve the "
                          f"observed difference: ~{duration(need)} for this plan (--budget {int(need // 60) + 1}m).")
@@ -448,7 +458,7 @@ def budget_notes(study: dict, rec: Optional[dict], chance: float, per_seed_s: fl
 
 
 def answer_text(study: dict, extra: List[dict], rec: Optional[dict], notes: List[str], info: dict, backbone: str,
-                cost_text: str, model_path: Optional[str]) -> str:
+                cost_text: str, model_path: Optional[str], cand: dict) -> str:
     """The answer's first paragraph (plain words, with CIs), then the details lines."""
     from keras_tl.study import report
 
@@ -457,16 +467,25 @@ def answer_text(study: dict, extra: List[dict], rec: Optional[dict], notes: List
     sentences = [f"{partial}For {info['path']} ({info['images']} images, {len(info['classes'])} classes, {backbone}), on {study['split']} "
                  f"{study['metric']} with 95% CIs:"]
     main = [c for c in study["comparisons"] if _is(c["values"], init="imagenet")]
+    def clause(c):
+        if c.get("n", 0) == 1:  # one seed pair: a difference but no interval yet
+            return (f"{c['a']} vs {c['b']}{' at ' + c['context'] if c['context'] else ''}: "
+                    f"{report.fmt_diff(study, c['mean'])} {study['unit']} on the one seed pair finished, no CI yet (it needs 2+ seeds).")
+        return report.comparison_clause(study, c)
+
     for c in sorted(main, key=lambda c: c["values"]["data_fraction"]):
-        c = dict(c, a="an ImageNet start", b="training from scratch", context=f"{c['values']['data_fraction'] * 100:g}% of the data")
-        sentences.append(report.comparison_clause(study, c))
+        sentences.append(clause(dict(c, a="an ImageNet start", b="training from scratch",
+                                     context=f"{c['values']['data_fraction'] * 100:g}% of the data")))
     for c in [c for c in study["comparisons"] if not _is(c["values"], init="imagenet")]:
-        sentences.append(report.comparison_clause(study, c))
+        sentences.append(clause(c))
     for kind in ("reset", "cut", "freeze"):
         for c in [c for c in extra if c["kind"] == kind]:
-            sentences.append(report.comparison_clause(study, c))
+            sentences.append(clause(c))
     if not any(c["kind"] in ("reset", "cut") for c in extra):
-        sentences.append("Resetting or cutting the last stage was not run (the probes did not ask for it, or the budget did not fit it).")
+        sentences.append("Resetting or cutting the last stage was not run: " + (
+            "the budget did not fit it." if cand["weak_last"] else f"the probes did not ask for it ({cand['why']})."))
+    if not any(c["kind"] == "freeze" for c in extra):
+        sentences.append("How much to freeze was not tested: the budget did not fit it (every arm fine-tuned all layers after a head warm-up).")
     if rec is not None:
         sentences.append(f"Best: {rec['label']} at {report.fmt_val(study, rec['mean'])}"
                          + (f" (95% CI {report.fmt_val(study, rec['lo'])} to {report.fmt_val(study, rec['hi'])})" if rec["lo"] is not None else "")
@@ -607,8 +626,13 @@ def finish(state: dict, study: dict, plan, base, workdir: str, study_dir: str, b
                  f"(planned ~{duration(p['estimate_s'])}); probes {duration(secs.get('probe', 0))}; this call {duration(time.time() - t0)} "
                  f"of a {duration(p['budget_s'])} budget.")
     chance = max(state["candidates"]["chance"], 1.0 / len(state["inspection"]["classes"]))
-    notes = budget_notes(study, rec, chance, p["per_seed_s"], p["budget_s"] - p["budget_left_s"], 1.0)
-    text = answer_text(study, extra, rec, notes, state["inspection"], backbone, cost_text, model_path)
+    est_run = p["estimate_s"] / max(1, study["runs_total"])
+    slowdown = secs["study_runs_wall"] / (est_run * study["runs_done"]) if study["runs_done"] else 1.0
+    notes = budget_notes(study, rec, chance, p["per_seed_s"] * max(1.0, slowdown), p["budget_s"] - p["budget_left_s"], 1.0)
+    if slowdown > 1.2:
+        notes.append(f"The runs took {slowdown:.1f}x the planned time per run on this machine (other load, or start-up "
+                     "the estimate leaves out); the budgets above are scaled by that.")
+    text = answer_text(study, extra, rec, notes, state["inspection"], backbone, cost_text, model_path, state["candidates"])
     state["answer"] = {"text": text, "recommended": rec, "model": model_path, "extra_comparisons": extra, "notes": notes,
                        "chance": chance, "wall_s": round(wall, 1)}
     fs.write_json(os.path.join(workdir, "ask.json"), state)
