@@ -585,9 +585,18 @@ def ask(args, log=print) -> dict:
     if args.dry_run:
         log("ask: --dry_run: stopping before the study")
         return state
+    study_dir = os.path.join(workdir, "study")
+    if args.report_only:
+        if not fs.exists(os.path.join(study_dir, "plan.json")):
+            raise UserError(f"--report_only: {workdir} holds no study yet; run the same command without --report_only first")
+        from keras_tl.study import report
+
+        report.build_report(plan, study_dir)
+        study = json.loads(fs.read_text(os.path.join(study_dir, "study.json")))
+        state["seconds"]["study_runs_wall"] = round(sum(a["wall_time"]["total"] or 0.0 for a in study["arms"]), 1)
+        return finish(state, study, plan, base, workdir, study_dir, args.backbone, log=log, t0=t0)
 
     # 4. run
-    study_dir = os.path.join(workdir, "study")
     t = time.time()
     # Each call keeps to --budget from its own start: a rerun after an interruption gets the budget again.
     study = run_study(plan, study_dir, shard=args.shard, in_process=args.in_process, deadline=t0 + budget_s,
@@ -678,6 +687,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="run shard i of N of the study (as keras_tl.study --shard)")
     p.add_argument("--in_process", action="store_true", help="run the training runs in this process (as keras_tl.study --in_process)")
     p.add_argument("--dry_run", action="store_true", help="inspect, probe and print the plan and its cost, then stop")
+    p.add_argument("--report_only", action="store_true", help="only rebuild the answer and reports from the finished runs")
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="K=V", help="recipe override, repeatable")
     return p
 
