@@ -627,6 +627,7 @@ def finish(state: dict, study: dict, plan, base, workdir: str, study_dir: str, b
         lr_index = plan.study.lr_grid.index(rec["lr"]) if rec["lr"] and plan.study.lr_grid else None
         run = next(r for r in plan.runs_of(rec["arm_id"]) if r.seed == rec["seed"] and r.lr_index == lr_index)
         model_path = os.path.join(runner.run_dir(study_dir, run), "export", "model.keras")
+        model_path = model_path if fs.is_remote(model_path) else os.path.abspath(model_path)
         if not fs.exists(model_path):
             model_path = None
     secs = state["seconds"]
