@@ -36,7 +36,9 @@ def _define(kind: str, name: str, default, help_text: str) -> None:
 _define("string", "recipe", None, "Path to a study recipe YAML (a training recipe plus a study: section).")
 _define("multi_string", "set", [], "Override a key: --set study.seeds=2 or --set data.batch_size=16 (repeatable).")
 _define("string", "workdir", None, "Study directory (default runs/studies/<recipe name>).")
-_define("string", "shard", None, "Run shard i of N (0-based), e.g. --shard 0/4; the shards partition the plan.")
+_define("string", "shard", None, "Run shard i of N (0-based), e.g. --shard 0/4; the shards partition the plan. "
+        "--shard auto[/N]: i from JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID, "
+        "N from /N or SLURM_ARRAY_TASK_COUNT.")
 _define("bool", "resume", False, "Continue a study in an existing workdir: skip finished runs, take over stale claims.")
 _define("bool", "dry_run", False, "Print the plan and its cost, then stop.")
 _define("bool", "report_only", False, "Only (re)build the report from the finished runs in --workdir.")
@@ -73,7 +75,7 @@ def main(argv) -> int:
         raise WeightsError(f"{problems[0]}" + (f" (and {len(problems) - 1} more weights sources)" if len(problems) > 1 else ""))
     workdir = FLAGS.workdir or os.path.join("runs", "studies", plan.name)
     if not FLAGS.report_only:
-        res = runner.run_plan(plan, workdir, shard=runner.parse_shard(FLAGS.shard), resume=FLAGS.resume,
+        res = runner.run_plan(plan, workdir, shard=runner.resolve_shard(FLAGS.shard), resume=FLAGS.resume,
                               keep_going=FLAGS.keep_going,
                               run_fn=runner.run_in_process if FLAGS.in_process else runner.run_in_subprocess)
         print(f"study: ran {len(res.ran)}, already done {len(res.skipped_done)}, claimed by other workers "
