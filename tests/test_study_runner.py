@@ -269,3 +269,16 @@ def test_retried_scheduler_index_takes_over_its_own_claims_only(tmp_path):
                           resume=True, log=lambda s: None)
     assert sorted(res.ran) == sorted(r.key for r in mine) and len(retry.calls) == len(mine)
     assert all(json.load(open(runner.claim_path(wd, r)))["owner"] == "kubernetes 1/2" for r in mine)
+
+
+def test_study_resources_are_checked_and_not_part_of_the_plan(tmp_path):
+    plan = make_plan(tmp_path, "freeze: [head_only, all]\nseeds: 1\nresources: {gpus: 1, tpus: 4}\n")
+    assert plan.study.resources == {"gpus": 1, "tpus": 4}
+    assert plan.fingerprint() == make_plan(tmp_path, "freeze: [head_only, all]\nseeds: 1\n").fingerprint()
+    for bad, why in [("{gpu: 1}", "unknown resource"), ("{gpus: -1}", ">= 0")]:
+        with pytest.raises(UserError, match=why):
+            make_plan(tmp_path, f"freeze: [head_only, all]\nseeds: 1\nresources: {bad}\n")
+    from keras_tl.study import engines
+
+    with pytest.raises(UserError, match="--engine"):
+        engines.make_engine("dask")

@@ -45,6 +45,12 @@ _define("bool", "report_only", False, "Only (re)build the report from the finish
 _define("bool", "keep_going", False, "Log a failing run and continue with the next one (default: stop).")
 _define("bool", "in_process", False, "Run every training run inside this process: no per-run start-up, but "
         "TensorFlow keeps 320-350 MB per finished run (default: a fresh process per run).")
+flags.DEFINE_enum("engine", "local", ["local", "ray"], "local: this machine, one run at a time; ray: each run is a Ray "
+        "task placed by study.resources and retried if its worker dies (pip install \"keras_tl[ray]\").")
+_define("string", "ray_address", None, "--engine ray: the cluster (auto, ray://host:10001); default RAY_ADDRESS if set, "
+        "else a local Ray on this machine.")
+_define("integer", "runs_per_worker", 1, "--engine ray: a Ray worker process runs this many runs, then is replaced "
+        "(Ray max_calls; bounds TensorFlow's memory growth per run).")
 _define("float", "seconds_per_image", None, "CPU seconds per training image for the cost estimate.")
 _define("bool", "measure_cost", False, "Measure seconds per image with a few training steps of the base model.")
 
@@ -75,9 +81,15 @@ def main(argv) -> int:
         raise WeightsError(f"{problems[0]}" + (f" (and {len(problems) - 1} more weights sources)" if len(problems) > 1 else ""))
     workdir = FLAGS.workdir or os.path.join("runs", "studies", plan.name)
     if not FLAGS.report_only:
+        from keras_tl.study import engines
+
+        engine = engines.make_engine(FLAGS.engine, resources=plan.study.resources, address=FLAGS.ray_address,
+                                     runs_per_worker=FLAGS.runs_per_worker)
+        if FLAGS.in_process and FLAGS.engine != "local":
+            raise UserError("--in_process is for --engine local (Ray runs each run in its worker process); drop one")
         res = runner.run_plan(plan, workdir, shard=runner.resolve_shard(FLAGS.shard), resume=FLAGS.resume,
-                              keep_going=FLAGS.keep_going,
-                              run_fn=runner.run_in_process if FLAGS.in_process else runner.run_in_subprocess)
+                              keep_going=FLAGS.keep_going, engine=engine,
+                              run_fn=runner.run_in_process if FLAGS.in_process else None)
         print(f"study: ran {len(res.ran)}, already done {len(res.skipped_done)}, claimed by other workers "
               f"{len(res.skipped_claimed)}, failed {len(res.failed)}", flush=True)
     elif not fs.exists(os.path.join(workdir, "plan.json")):

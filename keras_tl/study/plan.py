@@ -244,6 +244,7 @@ class StudyConfig:
     exclude: Tuple[Dict[str, Any], ...] = ()
     seconds_per_image: Optional[float] = None
     train_images: Optional[int] = None
+    resources: Dict[str, float] = dataclasses.field(default_factory=dict)  # per run, for --engine ray
 
     @property
     def higher_is_better(self) -> bool:
@@ -327,6 +328,7 @@ class Plan:
     def fingerprint(self) -> str:
         data = self.to_json()
         data.pop("source")
+        data["study"].pop("resources", None)  # where runs execute, not what they compute
         return hashlib.sha256(_canon(data).encode()).hexdigest()[:16]
 
 
@@ -369,6 +371,10 @@ class StudySection:
     exclude: Optional[Tuple[Dict[str, Any], ...]] = None
     seconds_per_image: Optional[float] = None
     train_images: Optional[int] = dataclasses.field(default=None, metadata=_meta(1))
+    resources: Optional[Dict[str, float]] = None  # {cpus, gpus, tpus, memory_gb} per run (--engine ray)
+
+
+RESOURCE_KEYS = ("cpus", "gpus", "tpus", "memory_gb")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -535,8 +541,15 @@ def parse_study(raw: dict, base: recipe_lib.Recipe, where: str = "<study>") -> S
     spi = section.seconds_per_image
     if spi is not None and spi <= 0:
         _fail(where, "seconds_per_image", f"expected a positive number, got {spi!r}")
+    resources = dict(section.resources or {})
+    for k, v in resources.items():
+        if k not in RESOURCE_KEYS:
+            _fail(where, f"resources.{k}", f"unknown resource; use {', '.join(RESOURCE_KEYS)}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            _fail(where, f"resources.{k}", f"expected a number >= 0, got {v!r}")
     return StudyConfig(axes=axes, seeds=section.seeds, lr_grid=lr_grid, baseline=baseline, metric=section.metric,
-                       arms=arms, exclude=exclude, seconds_per_image=spi, train_images=section.train_images)
+                       arms=arms, exclude=exclude, seconds_per_image=spi, train_images=section.train_images,
+                       resources=resources)
 
 
 def _dedupe(values):

@@ -355,14 +355,20 @@ def run_plan(
     resume: bool = False,
     keep_going: bool = False,
     log: Callable[[str], None] = print,
+    engine=None,
 ) -> RunnerResult:
     """Run this worker's share of ``plan`` in ``workdir``.
 
-    ``run_fn(recipe, run_dir) -> metrics dict`` defaults to :func:`run_in_subprocess`.
+    ``run_fn(recipe, run_dir) -> metrics dict`` defaults to :func:`run_in_subprocess` (local
+    engine) or :func:`run_in_process` (Ray engine: the Ray worker is the fresh process).
+    ``engine`` (:mod:`keras_tl.study.engines`) executes the claimed runs; default local, one at a time.
     Without ``resume``, a workdir where this shard's runs were already started is refused.
     A failing run releases its claim and re-raises (``keep_going``: logs and continues).
     """
-    run_fn = run_fn or run_in_subprocess
+    from keras_tl.study import engines
+
+    engine = engine or engines.LocalEngine()
+    run_fn = run_fn or (run_in_subprocess if engine.name == "local" else run_in_process)
     write_plan(workdir, plan)
     index, count = shard
     owner = getattr(shard, "owner", None)
@@ -376,43 +382,62 @@ def run_plan(
                 "or choose another --workdir"
             )
     result = RunnerResult()
-    for n, run in enumerate(mine, 1):
-        if is_done(workdir, run):
-            result.skipped_done.append(run.key)
-            continue
-        ok, why = try_claim(workdir, run, resume=resume, shard=shard_text, owner=owner)
-        if not ok:
+    by_key = {r.key: r for r in mine}
+    in_flight: Dict[str, engines.Job] = {}
+
+    def claimed_jobs():
+        """This shard's unfinished runs, each claimed as the engine takes it."""
+        for n, run in enumerate(mine, 1):
             if is_done(workdir, run):
                 result.skipped_done.append(run.key)
-            else:
-                log(f"study: skip {run.key}: {why}")
-                result.skipped_claimed.append(run.key)
-            continue
-        nonce = why
-        if is_done(workdir, run):  # finished by another worker between our check and our claim
-            result.skipped_done.append(run.key)
-            continue
-        d = run_dir(workdir, run)
-        fs.makedirs(os.path.dirname(d))
-        log(f"study: [{n}/{len(mine)}] {run.key}")
-        try:
-            metrics = run_fn(run.recipe, d)
-        except BaseException as e:
-            release(workdir, run, nonce)
-            result.failed.append(run.key)
-            if keep_going and isinstance(e, Exception):
-                log(f"study: {run.key} failed: {type(e).__name__}: {e}")
-                fs.makedirs(d)
-                fs.write_text(os.path.join(d, "study_error.txt"), traceback.format_exc())
                 continue
-            raise
-        # keras_tl.train.run writes both files itself; a custom run_fn may not.
-        fs.makedirs(d)
-        if not fs.exists(os.path.join(d, METRICS)):
-            fs.write_text(os.path.join(d, METRICS), json.dumps(metrics, indent=2, default=float) + "\n")
-        if not fs.exists(os.path.join(d, DONE)):
-            fs.write_text(os.path.join(d, DONE), time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
-        result.ran.append(run.key)
+            ok, why = try_claim(workdir, run, resume=resume, shard=shard_text, owner=owner)
+            if not ok:
+                if is_done(workdir, run):
+                    result.skipped_done.append(run.key)
+                else:
+                    log(f"study: skip {run.key}: {why}")
+                    result.skipped_claimed.append(run.key)
+                continue
+            if is_done(workdir, run):  # finished by another worker between our check and our claim
+                result.skipped_done.append(run.key)
+                continue
+            d = run_dir(workdir, run)
+            fs.makedirs(os.path.dirname(d))
+            log(f"study: [{n}/{len(mine)}] {run.key}")
+            job = engines.Job(run.key, run.recipe, d, why)
+            in_flight[run.key] = job
+            yield job
+
+    try:
+        for job, metrics, error in engine.execute(claimed_jobs(), run_fn):
+            run, d = by_key[job.key], job.run_dir
+            if error is not None:
+                release(workdir, run, job.nonce)
+                del in_flight[job.key]
+                result.failed.append(run.key)
+                if not keep_going:
+                    raise error
+                log(f"study: {run.key} failed: {type(error).__name__}: {error}")
+                fs.makedirs(d)
+                text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+                fs.write_text(os.path.join(d, "study_error.txt"), text)
+                continue
+            # keras_tl.train.run writes both files itself; a custom run_fn may not.
+            fs.makedirs(d)
+            if not fs.exists(os.path.join(d, METRICS)):
+                fs.write_text(os.path.join(d, METRICS), json.dumps(metrics, indent=2, default=float) + "\n")
+            if not fs.exists(os.path.join(d, DONE)):
+                fs.write_text(os.path.join(d, DONE), time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+            del in_flight[job.key]
+            result.ran.append(run.key)
+    except BaseException:
+        # A run that raised, or Ctrl-C: release what this worker still holds so --resume retries it.
+        for job in in_flight.values():
+            release(workdir, by_key[job.key], job.nonce)
+            if job.key not in result.failed:
+                result.failed.append(job.key)
+        raise
     return result
 
 
