@@ -96,6 +96,12 @@ def main(argv) -> int:
         raise UserError(f"--report_only: {workdir} holds no study (no plan.json); run the study first or fix --workdir")
     st = runner.status(plan, workdir)
     paths = report.build_report(plan, workdir)
+    finished = runner.collect(plan, workdir)
+    if finished:
+        from keras_tl.study import hparams
+
+        print(f"study: TensorBoard HParams: tensorboard --logdir {workdir} "
+              f"({hparams.write_hparams(plan, workdir, finished)})", flush=True)
     print(f"study: {st['done']}/{st['runs']} runs finished; report: {paths['html']}", flush=True)
     return 0
 
