@@ -72,9 +72,13 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
         for index, phase in enumerate(recipe.train.phases):
             if index >= len(state.phases):
                 state.record(index, train_phase(model, index, phase, ctx))
+        t_eval = time.time()
         results, final_split = evaluate.evaluate_run(model, ctx.datasets, recipe, ctx.out)
+        t_export = time.time()
         export_info = export_model(model, ctx)
-        metrics = write_records(ctx, state, results, final_split, export_info)
+        # The run's own evaluate and export time, for a study's overhead (tools/bench.py study).
+        timings = {"evaluate": round(t_export - t_eval, 2), "export": round(time.time() - t_export, 2)}
+        metrics = write_records(ctx, state, results, final_split, export_info, timings)
     if not ctx.runtime.is_chief:
         shutil.rmtree(ctx.out, ignore_errors=True)
     summary = results[final_split]
@@ -321,7 +325,7 @@ def export_model(model, ctx: Context) -> Optional[dict]:
 
 
 def write_records(ctx: Context, state: checkpoint.RunState, results: dict, final_split: str,
-                  export_info: Optional[dict]) -> dict:
+                  export_info: Optional[dict], timings: Optional[dict] = None) -> dict:
     """metrics.json and run.json, then DONE; returns the metrics."""
     recipe, runtime, datasets = ctx.recipe, ctx.runtime, ctx.datasets
     images_seen = sum(p["images_seen"] for p in state.phases)
@@ -349,7 +353,8 @@ def write_records(ctx: Context, state: checkpoint.RunState, results: dict, final
                  "class_names": list(datasets.class_names)},
         "phases": [{k: v for k, v in p.items() if k != "history"} for p in state.phases],
         "images_seen": images_seen,
-        "wall_time_s": {"training": metrics["wall_time"], "this_process": round(time.time() - ctx.t_start, 2)},
+        "wall_time_s": {"training": metrics["wall_time"], **(timings or {}),
+                        "this_process": round(time.time() - ctx.t_start, 2)},
         "export": export_info,
     }
     fs.write_json(os.path.join(ctx.out, "run.json"), run_info)

@@ -282,3 +282,30 @@ def test_study_resources_are_checked_and_not_part_of_the_plan(tmp_path):
 
     with pytest.raises(UserError, match="--engine"):
         engines.make_engine("dask")
+
+
+def pid_run(recipe, run_dir):
+    """Records the worker's pid; a run dir named in KILL_RUN dies like an out-of-memory worker."""
+    os.makedirs(run_dir, exist_ok=True)
+    if os.environ.get("KILL_RUN") and run_dir.endswith(os.environ["KILL_RUN"]):
+        os.kill(os.getpid(), 9)
+    return {"test": {"accuracy": 0.5}, "val": {"accuracy": 0.5}, "history": {}, "seed": recipe.seed, "pid": os.getpid()}
+
+
+def test_local_warm_workers_run_k_runs_each_and_are_replaced(tmp_path, monkeypatch):
+    from keras_tl.study import engines
+
+    plan = make_plan(tmp_path, "freeze: [head_only, from_conv4, all]\nseeds: 2\n")  # 6 runs
+    wd = str(tmp_path / "wd")
+    monkeypatch.setenv("KILL_RUN", runner.run_dir(wd, plan.runs[4]))  # the spawned worker inherits it
+    res = runner.run_plan(plan, wd, run_fn=pid_run, engine=engines.LocalEngine(runs_per_worker=2), keep_going=True,
+                          log=lambda s: None)
+    assert res.failed == [plan.runs[4].key] and len(res.ran) == 5
+    pids = [runner.load_metrics(wd, r)["pid"] for r in plan.runs if r.key != plan.runs[4].key]
+    assert os.getpid() not in pids
+    assert pids[0] == pids[1] and pids[2] == pids[3] and len({pids[0], pids[2], pids[4]}) == 3  # K=2, then replaced
+    assert "worker process" in open(os.path.join(runner.run_dir(wd, plan.runs[4]), "study_error.txt")).read()
+    monkeypatch.delenv("KILL_RUN")
+    res = runner.run_plan(plan, wd, run_fn=pid_run, engine=engines.LocalEngine(runs_per_worker=2), resume=True,
+                          log=lambda s: None)
+    assert res.ran == [plan.runs[4].key]

@@ -359,8 +359,9 @@ def run_plan(
 ) -> RunnerResult:
     """Run this worker's share of ``plan`` in ``workdir``.
 
-    ``run_fn(recipe, run_dir) -> metrics dict`` defaults to :func:`run_in_subprocess` (local
-    engine) or :func:`run_in_process` (Ray engine: the Ray worker is the fresh process).
+    ``run_fn(recipe, run_dir) -> metrics dict`` defaults to :func:`run_in_subprocess`, or to
+    :func:`run_in_process` when the engine runs each run in a worker process already (Ray, or
+    local warm workers: ``runs_per_worker`` > 1).
     ``engine`` (:mod:`keras_tl.study.engines`) executes the claimed runs; default local, one at a time.
     Without ``resume``, a workdir where this shard's runs were already started is refused.
     A failing run releases its claim and re-raises (``keep_going``: logs and continues).
@@ -368,7 +369,7 @@ def run_plan(
     from keras_tl.study import engines
 
     engine = engine or engines.LocalEngine()
-    run_fn = run_fn or (run_in_subprocess if engine.name == "local" else run_in_process)
+    run_fn = run_fn or (run_in_process if engine.in_worker else run_in_subprocess)
     write_plan(workdir, plan)
     index, count = shard
     owner = getattr(shard, "owner", None)
