@@ -21,6 +21,11 @@ ratios. Sections (JSON keys under "sections"; headline figures under "summary"):
   large float32 matmul's FLOP/s, interleaved in one process; XLA and batch-size variants.
 - memory: peak RSS (wait4 ru_maxrss) of a ResNet101 64 px, batch 32 run of the trainer CLI in a
   subprocess, and the sizes of the in-memory caches that run holds.
+- study: a study of >= 8 runs (ResNet-50, 2 phases, each run >= 20 s of its own work), run by
+  ``python -m keras_tl.study`` as today (a fresh process per run) and with warm workers
+  (``--runs_per_worker K``): study_overhead_ratio = study wall ÷ the sum over runs of each run's
+  own fit + evaluate + export seconds (run.json wall_time_s), and the peak RSS of each (wait4 over
+  the study and its workers), whose difference ÷ (K - 1) is the memory a worker keeps per run.
 - startup: seconds from launching ``python -m keras_tl.train --recipe recipes/smoke.yaml`` to
   the end of its first training step (the trainer's KERAS_TL_FAULT crash point kills it there).
 """
@@ -42,7 +47,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TOOLS)
-SECTIONS = ("overhead", "headroom", "cache", "probe", "utilisation", "memory", "startup")
+SECTIONS = ("overhead", "headroom", "cache", "probe", "utilisation", "memory", "startup", "study")
 
 # Sizes per mode. "tiny" exists for the test suite (seconds, not meaningful figures).
 PLANS = {
@@ -51,20 +56,23 @@ PLANS = {
                  utilisation=dict(backbone="resnet50", size=32, batch=8, steps=2, rounds=1, matmul=512, variants=()),
                  cache=dict(backbone="resnet50", size=32, count=60, epochs=2, batch=16),
                  memory=dict(backbone="resnet50", size=32, batch=8, steps=1, count=40, export=False),
-                 startup=dict(variants=("default",), size=32)),
+                 startup=dict(variants=("default",), size=32),
+                 study=dict(seeds=1, size=32, count=40, epochs=1, runs_per_worker=2, variants=("warm",))),
     "quick": dict(overhead=dict(backbone="resnet50", size=64, batch=32, steps=6, rounds=2, count=256),
                   headroom=dict(sizes=(64,), batch={64: 32}, steps=3, images=128),
                   utilisation=dict(backbone="resnet50", size=64, batch=32, steps=4, rounds=2, matmul=2048, variants=()),
                   cache=dict(backbone="resnet50", size=64, count=600, epochs=10, batch=32),
                   memory=dict(backbone="resnet101", size=64, batch=32, steps=2, count=128, export=False),
-                  startup=dict(variants=("default",), size=64)),
+                  startup=dict(variants=("default",), size=64),
+                  study=dict(seeds=4, size=32, count=200, epochs=1, runs_per_worker=4, variants=("fresh", "warm"))),
     "full": dict(overhead=dict(backbone="resnet101", size=64, batch=32, steps=12, rounds=4, count=1024),
                  headroom=dict(sizes=(64, 224), batch={64: 32, 224: 8}, steps=6, images=256),
                  utilisation=dict(backbone="resnet101", size=64, batch=32, steps=8, rounds=4, matmul=2048,
                                   variants=("xla", "batch64", "bf16")),
                  cache=dict(backbone="resnet50", size=64, count=2000, epochs=10, batch=32),
                  memory=dict(backbone="resnet101", size=64, batch=32, steps=20, count=512, export=True),
-                 startup=dict(variants=("default", "feature_cache_off"), size=64)),
+                 startup=dict(variants=("default", "feature_cache_off"), size=64),
+                 study=dict(seeds=4, size=32, count=200, epochs=1, runs_per_worker=4, variants=("fresh", "warm"))),
 }
 
 
@@ -513,6 +521,53 @@ def section_startup(p: dict, tmp: str) -> dict:
     return out
 
 
+STUDY_RECIPE = """extends: {smoke}
+name: bench_study
+data:
+  image_size: [{size}, {size}]
+  synthetic: {{count: {count}}}
+train:
+  tensorboard: false
+  phases:
+    - {{name: head, trainable: head, epochs: {epochs}}}
+    - {{name: finetune, trainable: all, epochs: {epochs}}}
+study:
+  freeze: [head_only, all]
+  seeds: {seeds}
+  baseline: {{freeze: head_only}}
+"""
+
+
+def section_study(p: dict, tmp: str) -> dict:
+    """Study wall ÷ the runs' own fit + evaluate + export time: a fresh process per run vs warm workers."""
+    path = os.path.join(tmp, "bench_study.yaml")
+    with open(path, "w") as f:
+        f.write(STUDY_RECIPE.format(smoke=os.path.join(ROOT, "recipes", "smoke.yaml"), **p))
+    out = {}
+    for variant in p["variants"]:
+        workdir = os.path.join(tmp, f"study_{variant}")
+        k = p["runs_per_worker"] if variant == "warm" else 1
+        cmd = [sys.executable, "-m", "keras_tl.study", "--recipe", path, "--workdir", workdir, "--runs_per_worker", str(k)]
+        log(f"study ({variant}): {' '.join(cmd[1:])}")
+        r = _run_child(cmd, _child_env(), 7200)
+        own, runs = [], []
+        for root, _dirs, files in os.walk(os.path.join(workdir, "runs")):
+            if "run.json" in files:
+                with open(os.path.join(root, "run.json")) as f:
+                    w = json.load(f)["wall_time_s"]
+                own.append(w["training"] + w.get("evaluate", 0.0) + w.get("export", 0.0))
+                runs.append({"dir": os.path.relpath(root, workdir), **w})
+        out[variant] = {"cmd": " ".join(cmd[1:]), "exit": r["exit"], "runs_per_worker": k, "study_wall_s": r["wall_s"],
+                        "runs": len(runs), "sum_own_s": round(sum(own), 2), "min_own_s": round(min(own), 2) if own else None,
+                        "study_overhead_ratio": round(r["wall_s"] / sum(own), 3) if own else None,
+                        "peak_rss_mb": r["peak_rss_mb"], "per_run": runs}
+        if r["exit"]:
+            out[variant]["tail"] = r["tail"]
+    if "fresh" in out and "warm" in out and p["runs_per_worker"] > 1:
+        out["rss_growth_per_run_mb"] = round((out["warm"]["peak_rss_mb"] - out["fresh"]["peak_rss_mb"]) / (p["runs_per_worker"] - 1), 1)
+    return out
+
+
 # ------------------------------------------------------------------------ main
 
 
@@ -546,11 +601,19 @@ def summarise(sections: dict) -> dict:
     st = sections.get("startup")
     if st:
         s["startup_s"] = st["startup_s"]
+    sd = sections.get("study")
+    if sd:
+        for variant in ("fresh", "warm"):
+            if variant in sd:
+                s["study_overhead_ratio" if variant == "warm" else "study_overhead_ratio_fresh"] = sd[variant]["study_overhead_ratio"]
+        if "rss_growth_per_run_mb" in sd:
+            s["study_rss_growth_per_run_mb"] = sd["rss_growth_per_run_mb"]
     return s
 
 
 TARGETS = {"overhead_ratio": ">= 0.97", "input_headroom_64": ">= 5", "input_headroom_224": ">= 5",
-           "cache_speedup": ">= 20", "cache_val_acc_diff_points": "|x| <= 1", "probe_cost_ratio": "<= 1.5", "probe_cost_ratio_cpu": "<= 1.5"}
+           "cache_speedup": ">= 20", "cache_val_acc_diff_points": "|x| <= 1", "probe_cost_ratio": "<= 1.5", "probe_cost_ratio_cpu": "<= 1.5",
+           "study_overhead_ratio": "<= 1.15"}
 
 
 def print_table(summary: dict) -> None:
