@@ -236,6 +236,8 @@ def _fit_head_on_features(model, index: int, phase: recipe_lib.Phase, ctx: Conte
     t_extract = time.time()
     feats = _cached_features(fe, ctx.datasets, ctx.recipe, int(model.output.shape[-1]), seed=ctx.recipe.seed + index)
     extract_s = round(time.time() - t_extract, 2)
+    ctx.log(f"keras_tl: features {'read from' if feats['store'] == 'hit' else 'computed'} in {extract_s} s"
+            + (f" (feature store {feats['store']}: {ctx.recipe.train.feature_store})" if feats["store"] != "off" else ""))
     head.compile(**compile_args)
     hist = head.fit(feats["train"].repeat() if phase.steps_per_epoch else feats["train"],
                     validation_data=feats["val"], **fit_args)
@@ -277,24 +279,19 @@ def _cached_features(fe, datasets, recipe, num_outputs: int, seed: int):
 
     forward = model_lib.inference_function(fe)
 
-    def extract(ds):
-        xs, ys = [], []
-        for x, y in ds:
-            xs.append(np.asarray(forward(x), dtype=np.float32))
-            ys.append(np.asarray(y))
-        return np.concatenate(xs), np.concatenate(ys)
-
     def encode(y):
         if num_outputs == 1:
             return y.reshape(-1, 1).astype(np.float32)
         return np.eye(num_outputs, dtype=np.float32)[y.astype(int)]
 
+    from keras_tl import feature_store
+
     bs = recipe.data.batch_size
-    xtr, ytr = extract(datasets.train_in_order)
-    xva, yva = extract(datasets.val)
+    (xtr, ytr, xva, yva), status = feature_store.features(fe, forward, datasets.train_in_order, datasets.val,
+                                                          recipe.train.feature_store)
     train = tf.data.Dataset.from_tensor_slices((xtr, encode(ytr))).shuffle(len(xtr), seed=seed, reshuffle_each_iteration=True).batch(bs)
     val = tf.data.Dataset.from_tensor_slices((xva, encode(yva))).batch(bs)
-    return {"train": train.prefetch(2), "val": val.prefetch(2)}
+    return {"train": train.prefetch(2), "val": val.prefetch(2), "store": status}
 
 
 # ---------------------------------------------------------------- export, records

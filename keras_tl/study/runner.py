@@ -346,6 +346,21 @@ def run_in_process(recipe, run_dir: str) -> dict:
     return train.run(recipe, run_dir)
 
 
+FEATURES = "features"
+
+
+def with_feature_store(recipe, workdir: str):
+    """``recipe`` with ``train.feature_store`` = ``<workdir>/features`` (absolute), unless it names one already.
+
+    Head-only phases of runs with the same frozen backbone and inputs then extract their
+    features once per study (:mod:`keras_tl.feature_store`).
+    """
+    if recipe.train.feature_store:
+        return recipe
+    store = os.path.join(workdir if fs.is_remote(workdir) else os.path.abspath(workdir), FEATURES)
+    return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, feature_store=store))
+
+
 def run_plan(
     plan: Plan,
     workdir: str,
@@ -406,7 +421,7 @@ def run_plan(
             d = run_dir(workdir, run)
             fs.makedirs(os.path.dirname(d))
             log(f"study: [{n}/{len(mine)}] {run.key}")
-            job = engines.Job(run.key, run.recipe, d, why)
+            job = engines.Job(run.key, with_feature_store(run.recipe, workdir), d, why)
             in_flight[run.key] = job
             yield job
 
