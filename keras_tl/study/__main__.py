@@ -1,7 +1,8 @@
 """Run a controlled study and write its report.
 
-    python -m keras_tl.study --recipe recipes/telescope_study.yaml [--workdir DIR] [--shard i/N]
+    python -m keras_tl.study --recipe recipes/telescope_study.yaml [--workdir DIR] [--shard i/N | auto[/N]]
                              [--resume] [--set k=v ...] [--dry_run] [--report_only]
+                             [--engine local|ray] [--ray_address auto] [--runs_per_worker K]
 
 Prints the plan and its estimated cost first; ``--dry_run`` stops there. ``--set study.seeds=2``
 overrides the study section, any other ``--set`` the base training recipe. Several machines
@@ -45,8 +46,9 @@ _define("bool", "report_only", False, "Only (re)build the report from the finish
 _define("bool", "keep_going", False, "Log a failing run and continue with the next one (default: stop).")
 _define("bool", "in_process", False, "Run every training run inside this process: no per-run start-up, but "
         "TensorFlow keeps 320-350 MB per finished run (default: a fresh process per run).")
-flags.DEFINE_enum("engine", "local", ["local", "ray"], "local: this machine, one run at a time; ray: each run is a Ray "
-        "task placed by study.resources and retried if its worker dies (pip install \"keras_tl[ray]\").")
+if "engine" not in FLAGS:
+    flags.DEFINE_enum("engine", "local", ["local", "ray"], "local: this machine, one run at a time; ray: each run is a "
+                      "Ray task placed by study.resources and retried if its worker dies (pip install \"keras_tl[ray]\").")
 _define("string", "ray_address", None, "--engine ray: the cluster (auto, ray://host:10001); default RAY_ADDRESS if set, "
         "else a local Ray on this machine.")
 _define("integer", "runs_per_worker", 1, "A worker process runs this many runs in a row, then is replaced (Ray: "
