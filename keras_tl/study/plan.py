@@ -329,6 +329,9 @@ class Plan:
         data = self.to_json()
         data.pop("source")
         data["study"].pop("resources", None)  # where runs execute, not what they compute
+        # Where features are stored, not what they are (content-addressed): plans made before the
+        # field existed keep their fingerprint, so their studies still resume.
+        data["base_recipe"].get("train", {}).pop("feature_store", None)
         return hashlib.sha256(_canon(data).encode()).hexdigest()[:16]
 
 
