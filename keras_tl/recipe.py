@@ -243,6 +243,7 @@ class TrainConfig:
     early_stopping: Optional[int] = _field(None, min=1, max=100_000)  # patience in epochs
     deterministic: bool = False  # tf.config.experimental.enable_op_determinism
     feature_cache: Literal["auto", "off"] = "auto"  # frozen-backbone fast path
+    feature_store: Optional[str] = None  # dir of content-addressed frozen-backbone features shared by runs (a study sets it)
     top_k: int = _field(5, min=1, max=1000)
     tensorboard: bool = True
     # After DONE, checkpoints/ and backup/ are deleted (the export holds the model) unless true.

@@ -66,11 +66,15 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
                 state.record(index, train_phase(model, index, phase, ctx))
         splits = [s for s in ("val", "test") if ctx.datasets.counts.get(s)]
         log(f"keras_tl: evaluating on {' and '.join(f'{s} ({ctx.datasets.counts[s]} images)' for s in splits)}")
+        t_eval = time.time()
         results, final_split = evaluate.evaluate_run(model, ctx.datasets, recipe, ctx.out)
+        t_export = time.time()
         if recipe.export.savedmodel or recipe.export.keras:
             log(f"keras_tl: exporting to {os.path.join(ctx.out, 'export')} (written, reloaded and checked)")
         export_info = export_model(model, ctx)
-        metrics = write_records(ctx, state, results, final_split, export_info)
+        # The run's own evaluate and export time, for a study's overhead (tools/bench.py study).
+        timings = {"evaluate": round(t_export - t_eval, 2), "export": round(time.time() - t_export, 2)}
+        metrics = write_records(ctx, state, results, final_split, export_info, timings)
     if not ctx.runtime.is_chief:
         shutil.rmtree(ctx.out, ignore_errors=True)
     size = ""
@@ -304,6 +308,8 @@ def _fit_head_on_features(model, index: int, phase: recipe_lib.Phase, ctx: Conte
     t_extract = time.time()
     feats = _cached_features(fe, ctx.datasets, ctx.recipe, int(model.output.shape[-1]), seed=ctx.recipe.seed + index)
     extract_s = round(time.time() - t_extract, 2)
+    ctx.log(f"keras_tl: features {'read from' if feats['store'] == 'hit' else 'computed'} in {extract_s} s"
+            + (f" (feature store {feats['store']}: {ctx.recipe.train.feature_store})" if feats["store"] != "off" else ""))
     head.compile(**compile_args)
     hist = head.fit(feats["train"].repeat() if phase.steps_per_epoch else feats["train"],
                     validation_data=feats["val"], **fit_args)
@@ -345,24 +351,19 @@ def _cached_features(fe, datasets, recipe, num_outputs: int, seed: int):
 
     forward = model_lib.inference_function(fe)
 
-    def extract(ds):
-        xs, ys = [], []
-        for x, y in ds:
-            xs.append(np.asarray(forward(x), dtype=np.float32))
-            ys.append(np.asarray(y))
-        return np.concatenate(xs), np.concatenate(ys)
-
     def encode(y):
         if num_outputs == 1:
             return y.reshape(-1, 1).astype(np.float32)
         return np.eye(num_outputs, dtype=np.float32)[y.astype(int)]
 
+    from keras_tl import feature_store
+
     bs = recipe.data.batch_size
-    xtr, ytr = extract(datasets.train_in_order)
-    xva, yva = extract(datasets.val)
+    (xtr, ytr, xva, yva), status = feature_store.features(fe, forward, datasets.train_in_order, datasets.val,
+                                                          recipe.train.feature_store)
     train = tf.data.Dataset.from_tensor_slices((xtr, encode(ytr))).shuffle(len(xtr), seed=seed, reshuffle_each_iteration=True).batch(bs)
     val = tf.data.Dataset.from_tensor_slices((xva, encode(yva))).batch(bs)
-    return {"train": train.prefetch(2), "val": val.prefetch(2)}
+    return {"train": train.prefetch(2), "val": val.prefetch(2), "store": status}
 
 
 # ---------------------------------------------------------------- export, records
@@ -393,7 +394,7 @@ def export_model(model, ctx: Context) -> Optional[dict]:
 
 
 def write_records(ctx: Context, state: checkpoint.RunState, results: dict, final_split: str,
-                  export_info: Optional[dict]) -> dict:
+                  export_info: Optional[dict], timings: Optional[dict] = None) -> dict:
     """metrics.json and run.json, then DONE; returns the metrics."""
     recipe, runtime, datasets = ctx.recipe, ctx.runtime, ctx.datasets
     images_seen = sum(p["images_seen"] for p in state.phases)
@@ -421,7 +422,8 @@ def write_records(ctx: Context, state: checkpoint.RunState, results: dict, final
                  "class_names": list(datasets.class_names)},
         "phases": [{k: v for k, v in p.items() if k != "history"} for p in state.phases],
         "images_seen": images_seen,
-        "wall_time_s": {"training": metrics["wall_time"], "this_process": round(time.time() - ctx.t_start, 2)},
+        "wall_time_s": {"training": metrics["wall_time"], **(timings or {}),
+                        "this_process": round(time.time() - ctx.t_start, 2)},
         "export": export_info,
     }
     fs.write_json(os.path.join(ctx.out, "run.json"), run_info)

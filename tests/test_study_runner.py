@@ -226,3 +226,86 @@ def test_default_runs_each_training_run_in_a_fresh_process(tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match=r"exited with status 2 .*: error: .*missing.*full output: .*run\.log"):
         runner.run_in_subprocess(bad, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_shard_auto_reads_the_scheduler_index():
+    k8s = {"JOB_COMPLETION_INDEX": "3"}
+    assert runner.resolve_shard("auto/8", k8s) == (3, 8) and runner.resolve_shard("auto/8", k8s).owner == "kubernetes 3/8"
+    slurm = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "8"}
+    s = runner.resolve_shard("auto", slurm)
+    assert s == (4, 8) and s.owner == "slurm 4/8"
+    assert runner.resolve_shard("auto/8", slurm) == (4, 8)
+    assert runner.resolve_shard("1/4", k8s) == (1, 4) and runner.resolve_shard("1/4", k8s).owner is None
+    for text, env, why in [
+        ("auto", k8s, "auto/N"),  # Kubernetes has no count in the environment
+        ("auto", {}, "neither"),
+        ("auto/8", {"JOB_COMPLETION_INDEX": "8"}, "outside"),
+        ("auto/x", k8s, "auto/N"),
+        ("auto/4", slurm, "disagrees"),
+        ("auto", {**slurm, "SLURM_ARRAY_TASK_STEP": "2"}, "contiguous"),
+        ("auto/8", {**k8s, **slurm}, "both"),
+        ("auto/8", {"JOB_COMPLETION_INDEX": "x"}, "whole number"),
+    ]:
+        with pytest.raises(UserError, match=why):
+            runner.resolve_shard(text, env)
+
+
+def test_retried_scheduler_index_takes_over_its_own_claims_only(tmp_path):
+    """A new pod with the same index (other host, pid maybe alive there) takes over that index's claims."""
+    plan = make_plan(tmp_path, "freeze: [head_only, all]\nseeds: 2\n")
+    wd = str(tmp_path / "wd")
+    runner.write_plan(wd, plan)
+    mine = runner.shard_runs(plan, 1, 2)
+    for r in mine:  # the first attempt of index 1 died on another node mid-run
+        with open(runner.claim_path(wd, r), "w") as f:
+            json.dump({"host": "node-a", "pid": 7, "time": time.time(), "shard": "1/2", "nonce": "x", "owner": "kubernetes 1/2"}, f)
+    other_slot = FakeTrain()  # index 0, or a hand-started worker on shard 1/2: never takes them
+    res = runner.run_plan(plan, wd, run_fn=other_slot, shard=runner.Shard(1, 2), resume=True, log=lambda s: None)
+    assert other_slot.calls == [] and len(res.skipped_claimed) == len(mine)
+    res = runner.run_plan(plan, wd, run_fn=other_slot, shard=runner.Shard(1, 2, "slurm 1/2"), resume=True, log=lambda s: None)
+    assert other_slot.calls == []
+    retry = FakeTrain()
+    res = runner.run_plan(plan, wd, run_fn=retry, shard=runner.resolve_shard("auto/2", {"JOB_COMPLETION_INDEX": "1"}),
+                          resume=True, log=lambda s: None)
+    assert sorted(res.ran) == sorted(r.key for r in mine) and len(retry.calls) == len(mine)
+    assert all(json.load(open(runner.claim_path(wd, r)))["owner"] == "kubernetes 1/2" for r in mine)
+
+
+def test_study_resources_are_checked_and_not_part_of_the_plan(tmp_path):
+    plan = make_plan(tmp_path, "freeze: [head_only, all]\nseeds: 1\nresources: {gpus: 1, tpus: 4}\n")
+    assert plan.study.resources == {"gpus": 1, "tpus": 4}
+    assert plan.fingerprint() == make_plan(tmp_path, "freeze: [head_only, all]\nseeds: 1\n").fingerprint()
+    for bad, why in [("{gpu: 1}", "unknown resource"), ("{gpus: -1}", ">= 0")]:
+        with pytest.raises(UserError, match=why):
+            make_plan(tmp_path, f"freeze: [head_only, all]\nseeds: 1\nresources: {bad}\n")
+    from keras_tl.study import engines
+
+    with pytest.raises(UserError, match="--engine"):
+        engines.make_engine("dask")
+
+
+def pid_run(recipe, run_dir):
+    """Records the worker's pid; a run dir named in KILL_RUN dies like an out-of-memory worker."""
+    os.makedirs(run_dir, exist_ok=True)
+    if os.environ.get("KILL_RUN") and run_dir.endswith(os.environ["KILL_RUN"]):
+        os.kill(os.getpid(), 9)
+    return {"test": {"accuracy": 0.5}, "val": {"accuracy": 0.5}, "history": {}, "seed": recipe.seed, "pid": os.getpid()}
+
+
+def test_local_warm_workers_run_k_runs_each_and_are_replaced(tmp_path, monkeypatch):
+    from keras_tl.study import engines
+
+    plan = make_plan(tmp_path, "freeze: [head_only, from_conv4, all]\nseeds: 2\n")  # 6 runs
+    wd = str(tmp_path / "wd")
+    monkeypatch.setenv("KILL_RUN", runner.run_dir(wd, plan.runs[4]))  # the spawned worker inherits it
+    res = runner.run_plan(plan, wd, run_fn=pid_run, engine=engines.LocalEngine(runs_per_worker=2), keep_going=True,
+                          log=lambda s: None)
+    assert res.failed == [plan.runs[4].key] and len(res.ran) == 5
+    pids = [runner.load_metrics(wd, r)["pid"] for r in plan.runs if r.key != plan.runs[4].key]
+    assert os.getpid() not in pids
+    assert pids[0] == pids[1] and pids[2] == pids[3] and len({pids[0], pids[2], pids[4]}) == 3  # K=2, then replaced
+    assert "worker process" in open(os.path.join(runner.run_dir(wd, plan.runs[4]), "study_error.txt")).read()
+    monkeypatch.delenv("KILL_RUN")
+    res = runner.run_plan(plan, wd, run_fn=pid_run, engine=engines.LocalEngine(runs_per_worker=2), resume=True,
+                          log=lambda s: None)
+    assert res.ran == [plan.runs[4].key]

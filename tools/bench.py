@@ -15,12 +15,21 @@ ratios. Sections (JSON keys under "sections"; headline figures under "summary"):
 - headroom: the input pipeline alone (tools/bench_input.py: JPEG decode + augment) ÷ ResNet101
   training images/s at 64 and 224 px.
 - cache: the frozen-backbone fast path: wall time of a 10-epoch head-only phase through
-  keras_tl.train.run with train.feature_cache auto vs off, and both final val accuracies.
+  keras_tl.train.run with train.feature_cache auto vs off (cache_speedup), and both final val
+  accuracies; then two runs sharing a train.feature_store, as a study's runs do: reuse_speedup =
+  the naive phase ÷ the second run's phase on stored features, and whether its history and val
+  accuracy equal the run that extracted its own (reuse_metrics_identical).
 - probe: tools/bench_probe.py's all-stage probe cost ÷ one forward pass (if that tool exists).
 - utilisation: achieved FLOP/s of a ResNet101 training step (3 × analytic forward FLOPs) ÷ a
   large float32 matmul's FLOP/s, interleaved in one process; XLA and batch-size variants.
 - memory: peak RSS (wait4 ru_maxrss) of a ResNet101 64 px, batch 32 run of the trainer CLI in a
   subprocess, and the sizes of the in-memory caches that run holds.
+- study: a study of 8 runs (2 phases; quick: MobileNetV3-Small, full: ResNet-50; each run >= 20 s of
+  its own work on 2 cores), run by
+  ``python -m keras_tl.study`` as today (a fresh process per run) and with warm workers
+  (``--runs_per_worker K``): study_overhead_ratio = study wall ÷ the sum over runs of each run's
+  own fit + evaluate + export seconds (run.json wall_time_s), and the peak RSS of each (wait4 over
+  the study and its workers), whose difference ÷ (K - 1) is the memory a worker keeps per run.
 - startup: seconds from launching ``python -m keras_tl.train --recipe recipes/smoke.yaml`` to
   the end of its first training step (the trainer's KERAS_TL_FAULT crash point kills it there).
 """
@@ -42,7 +51,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TOOLS)
-SECTIONS = ("overhead", "headroom", "cache", "probe", "utilisation", "memory", "startup")
+SECTIONS = ("overhead", "headroom", "cache", "probe", "utilisation", "memory", "startup", "study")
 
 # Sizes per mode. "tiny" exists for the test suite (seconds, not meaningful figures).
 PLANS = {
@@ -51,20 +60,25 @@ PLANS = {
                  utilisation=dict(backbone="resnet50", size=32, batch=8, steps=2, rounds=1, matmul=512, variants=()),
                  cache=dict(backbone="resnet50", size=32, count=60, epochs=2, batch=16),
                  memory=dict(backbone="resnet50", size=32, batch=8, steps=1, count=40, export=False),
-                 startup=dict(variants=("default",), size=32)),
+                 startup=dict(variants=("default",), size=32),
+                 study=dict(backbone="mobilenetv3small", seeds=1, size=32, count=40, epochs=1, runs_per_worker=2, variants=("warm",))),
     "quick": dict(overhead=dict(backbone="resnet50", size=64, batch=32, steps=6, rounds=2, count=256),
                   headroom=dict(sizes=(64,), batch={64: 32}, steps=3, images=128),
                   utilisation=dict(backbone="resnet50", size=64, batch=32, steps=4, rounds=2, matmul=2048, variants=()),
                   cache=dict(backbone="resnet50", size=64, count=600, epochs=10, batch=32),
                   memory=dict(backbone="resnet101", size=64, batch=32, steps=2, count=128, export=False),
-                  startup=dict(variants=("default",), size=64)),
+                  startup=dict(variants=("default",), size=64),
+                  study=dict(backbone="mobilenetv3small", seeds=4, size=32, count=200, epochs=1, runs_per_worker=4,
+                             variants=("fresh", "warm"))),
     "full": dict(overhead=dict(backbone="resnet101", size=64, batch=32, steps=12, rounds=4, count=1024),
                  headroom=dict(sizes=(64, 224), batch={64: 32, 224: 8}, steps=6, images=256),
                  utilisation=dict(backbone="resnet101", size=64, batch=32, steps=8, rounds=4, matmul=2048,
                                   variants=("xla", "batch64", "bf16")),
                  cache=dict(backbone="resnet50", size=64, count=2000, epochs=10, batch=32),
                  memory=dict(backbone="resnet101", size=64, batch=32, steps=20, count=512, export=True),
-                 startup=dict(variants=("default", "feature_cache_off"), size=64)),
+                 startup=dict(variants=("default", "feature_cache_off"), size=64),
+                 study=dict(backbone="resnet50", seeds=4, size=32, count=200, epochs=1, runs_per_worker=4,
+                            variants=("fresh", "warm"))),
 }
 
 
@@ -385,12 +399,13 @@ def section_cache(p: dict, tmp: str) -> dict:
 
     from keras_tl import train
 
-    def one(mode: str, i: int) -> dict:
+    def one(mode: str, i: int, store: str = "", tag: str = "") -> dict:
+        extra = {"train.feature_store": store} if store else {}
         recipe = bench_recipe(p["backbone"], p["size"], p["batch"], p["count"], **{
             "train.feature_cache": mode, "data.val_fraction": 0.3, "data.test_fraction": 0.0,
             "export.savedmodel": "false", "export.keras": "false", "model.head_dropout": 0.0,
-            "train.phases": f"[{{name: head, trainable: head, epochs: {p['epochs']}, optimizer: adam, lr: 0.003}}]"})
-        workdir = os.path.join(tmp, f"cache_{mode}_{i}")
+            "train.phases": f"[{{name: head, trainable: head, epochs: {p['epochs']}, optimizer: adam, lr: 0.003}}]"}, **extra)
+        workdir = os.path.join(tmp, f"cache_{mode}_{i}{tag}")
         keras.backend.clear_session()
         t0 = time.perf_counter()
         metrics = train.run(recipe, workdir, log=lambda *a: None)
@@ -399,15 +414,25 @@ def section_cache(p: dict, tmp: str) -> dict:
             ph = json.load(f)["phases"][0]
         return {"phase_s": ph["wall_time_s"], "run_s": round(wall, 2), "path": ph["path"],
                 "feature_extraction_s": ph.get("feature_extraction_s"),
-                "val_accuracy": metrics["val"]["accuracy"], "val_examples": metrics["val"]["examples"]}
+                "val_accuracy": metrics["val"]["accuracy"], "val_examples": metrics["val"]["examples"],
+                "history": metrics["history"]}
 
     rounds = 2 if p["count"] >= 2000 else 1
-    res = {"cached": [], "naive": []}
+    res = {"cached": [], "naive": [], "stored_first": [], "stored_reused": []}
     for i in range(rounds):
         for mode, key in (("auto", "cached"), ("off", "naive")):
             log(f"cache: round {i}, feature_cache {mode}")
             res[key].append(one(mode, i))
             log(f"  {res[key][-1]}")
+        # A study's later run: the same frozen backbone and data, features from the shared store.
+        store = os.path.join(tmp, f"feature_store_{i}")
+        for key in ("stored_first", "stored_reused"):
+            log(f"cache: round {i}, {key} (train.feature_store {store})")
+            res[key].append(one("auto", i, store, tag=f"_{key}"))
+            log(f"  {res[key][-1]}")
+    reuse = [n["phase_s"] / r["phase_s"] for r, n in zip(res["stored_reused"], res["naive"])]
+    identical = all(r["history"] == c["history"] and r["val_accuracy"] == c["val_accuracy"]
+                    for r, c in zip(res["stored_reused"], res["cached"]))
     speed = [n["phase_s"] / c["phase_s"] for c, n in zip(res["cached"], res["naive"])]
     # What the fast path could reach if training the head cost nothing: the naive phase ÷ the one
     # extraction pass (trace included). 10 naive epochs ≈ 10 such passes, so this is ≈ 10.
@@ -416,6 +441,7 @@ def section_cache(p: dict, tmp: str) -> dict:
     acc = [100 * (c["val_accuracy"] - n["val_accuracy"]) for c, n in zip(res["cached"], res["naive"])]
     return {"backbone": p["backbone"], "image_size": p["size"], "images": p["count"], "epochs": p["epochs"],
             "runs": res, "cache_speedup": spread(speed), "cache_val_acc_diff_points": spread(acc),
+            "reuse_speedup": spread(reuse), "reuse_metrics_identical": identical,
             "speedup_if_head_training_were_free": spread(ceiling) if ceiling else None}
 
 
@@ -513,6 +539,54 @@ def section_startup(p: dict, tmp: str) -> dict:
     return out
 
 
+STUDY_RECIPE = """extends: {smoke}
+name: bench_study
+model: {{backbone: {backbone}}}
+data:
+  image_size: [{size}, {size}]
+  synthetic: {{count: {count}}}
+train:
+  tensorboard: false
+  phases:
+    - {{name: head, trainable: head, epochs: {epochs}}}
+    - {{name: finetune, trainable: all, epochs: {epochs}}}
+study:
+  freeze: [head_only, all]
+  seeds: {seeds}
+  baseline: {{freeze: head_only}}
+"""
+
+
+def section_study(p: dict, tmp: str) -> dict:
+    """Study wall ÷ the runs' own fit + evaluate + export time: a fresh process per run vs warm workers."""
+    path = os.path.join(tmp, "bench_study.yaml")
+    with open(path, "w") as f:
+        f.write(STUDY_RECIPE.format(smoke=os.path.join(ROOT, "recipes", "smoke.yaml"), **p))
+    out = {}
+    for variant in p["variants"]:
+        workdir = os.path.join(tmp, f"study_{variant}")
+        k = p["runs_per_worker"] if variant == "warm" else 1
+        cmd = [sys.executable, "-m", "keras_tl.study", "--recipe", path, "--workdir", workdir, "--runs_per_worker", str(k)]
+        log(f"study ({variant}): {' '.join(cmd[1:])}")
+        r = _run_child(cmd, _child_env(), 7200)
+        own, runs = [], []
+        for root, _dirs, files in os.walk(os.path.join(workdir, "runs")):
+            if "run.json" in files:
+                with open(os.path.join(root, "run.json")) as f:
+                    w = json.load(f)["wall_time_s"]
+                own.append(w["training"] + w.get("evaluate", 0.0) + w.get("export", 0.0))
+                runs.append({"dir": os.path.relpath(root, workdir), **w})
+        out[variant] = {"cmd": " ".join(cmd[1:]), "exit": r["exit"], "runs_per_worker": k, "study_wall_s": r["wall_s"],
+                        "runs": len(runs), "sum_own_s": round(sum(own), 2), "min_own_s": round(min(own), 2) if own else None,
+                        "study_overhead_ratio": round(r["wall_s"] / sum(own), 3) if own else None,
+                        "peak_rss_mb": r["peak_rss_mb"], "per_run": runs}
+        if r["exit"]:
+            out[variant]["tail"] = r["tail"]
+    if "fresh" in out and "warm" in out and p["runs_per_worker"] > 1:
+        out["rss_growth_per_run_mb"] = round((out["warm"]["peak_rss_mb"] - out["fresh"]["peak_rss_mb"]) / (p["runs_per_worker"] - 1), 1)
+    return out
+
+
 # ------------------------------------------------------------------------ main
 
 
@@ -529,6 +603,9 @@ def summarise(sections: dict) -> dict:
     if c:
         s["cache_speedup"] = c["cache_speedup"]["median"]
         s["cache_val_acc_diff_points"] = c["cache_val_acc_diff_points"]["median"]
+        if "reuse_speedup" in c:
+            s["reuse_speedup"] = c["reuse_speedup"]["median"]
+            s["reuse_metrics_identical"] = c["reuse_metrics_identical"]
     pr = sections.get("probe")
     if pr and pr.get("ok"):
         res = pr["result"]
@@ -546,11 +623,19 @@ def summarise(sections: dict) -> dict:
     st = sections.get("startup")
     if st:
         s["startup_s"] = st["startup_s"]
+    sd = sections.get("study")
+    if sd:
+        for variant in ("fresh", "warm"):
+            if variant in sd:
+                s["study_overhead_ratio" if variant == "warm" else "study_overhead_ratio_fresh"] = sd[variant]["study_overhead_ratio"]
+        if "rss_growth_per_run_mb" in sd:
+            s["study_rss_growth_per_run_mb"] = sd["rss_growth_per_run_mb"]
     return s
 
 
 TARGETS = {"overhead_ratio": ">= 0.97", "input_headroom_64": ">= 5", "input_headroom_224": ">= 5",
-           "cache_speedup": ">= 20", "cache_val_acc_diff_points": "|x| <= 1", "probe_cost_ratio": "<= 1.5", "probe_cost_ratio_cpu": "<= 1.5"}
+           "cache_speedup": ">= 7", "reuse_speedup": ">= 20", "reuse_metrics_identical": "True", "cache_val_acc_diff_points": "|x| <= 1", "probe_cost_ratio": "<= 1.5", "probe_cost_ratio_cpu": "<= 1.5",
+           "study_overhead_ratio": "<= 1.15"}
 
 
 def print_table(summary: dict) -> None:

@@ -1,7 +1,8 @@
 """Run a controlled study and write its report.
 
-    python -m keras_tl.study --recipe recipes/telescope_study.yaml [--workdir DIR] [--shard i/N]
-                             [--resume] [--set k=v ...] [--dry_run] [--report_only] [--budget 40runs|2.5h]
+    python -m keras_tl.study --recipe recipes/telescope_study.yaml [--workdir DIR] [--shard i/N | auto[/N]]
+                            [--resume] [--set k=v ...] [--dry_run] [--report_only] [--budget 40runs|2.5h]
+                            [--engine local|ray] [--ray_address auto] [--runs_per_worker K]
 
 Prints the plan and its estimated cost first; ``--dry_run`` stops there. ``--set study.seeds=2``
 overrides the study section, any other ``--set`` the base training recipe. Several machines
@@ -28,7 +29,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="K=V",
                    help="override a key: --set study.seeds=2 or --set data.batch_size=16 (repeatable)")
     p.add_argument("--workdir", help="study directory (default runs/studies/<recipe name>)")
-    p.add_argument("--shard", help="run shard i of N (0-based), e.g. --shard 0/4; the shards partition the plan")
+    p.add_argument("--shard", help="run shard i of N (0-based), e.g. --shard 0/4; the shards partition the plan. "
+                   "--shard auto[/N]: i from JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID, "
+                   "N from /N or SLURM_ARRAY_TASK_COUNT")
     p.add_argument("--resume", action="store_true",
                    help="continue a study in an existing workdir: skip finished runs, take over stale claims")
     p.add_argument("--dry_run", action="store_true", help="print the plan and its cost, then stop")
@@ -39,6 +42,14 @@ def parser() -> argparse.ArgumentParser:
                    "320-350 MB per finished run (default: a fresh process per run)")
     p.add_argument("--budget", help="adaptive seeds only: stop adding rounds of seeds when the next round would take the "
                    "study past this many runs (e.g. 40runs) or hours of summed run time (e.g. 2.5h, 90min)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this machine, one run at a time; ray: each run is a Ray task placed by study.resources "
+                   "and retried if its worker dies (pip install \"keras_tl[ray]\")")
+    p.add_argument("--ray_address", help="--engine ray: the cluster (auto, ray://host:10001); default RAY_ADDRESS if set, "
+                   "else a local Ray on this machine")
+    p.add_argument("--runs_per_worker", type=int, default=1,
+                   help="a worker process runs this many runs in a row, then is replaced (Ray: max_calls): start-up "
+                   "is paid once per K runs; 1: a fresh process per run")
     p.add_argument("--seconds_per_image", type=float, help="CPU seconds per training image for the cost estimate")
     p.add_argument("--measure_cost", action="store_true",
                    help="measure seconds per image with a few training steps of the base model")
@@ -48,6 +59,38 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list] = None) -> int:
     cli.setup_output()
     return cli.run(_main, parser().parse_args(argv))
+
+
+def _set_resume_command(args, workdir: str) -> None:
+    resume = ["--recipe", args.recipe, *[a for o in args.overrides for a in ("--set", o)], "--workdir", workdir]
+    resume += (["--shard", args.shard] if args.shard else []) + (["--keep_going"] if args.keep_going else [])
+    resume += (["--budget", args.budget] if args.budget else [])
+    if args.engine != "local":
+        resume += ["--engine", args.engine] + (["--ray_address", args.ray_address] if args.ray_address else [])
+    if args.runs_per_worker != 1:
+        resume += ["--runs_per_worker", str(args.runs_per_worker)]
+    cli.set_resume_command(cli.command_line("keras_tl.study", resume + ["--resume"]))
+
+
+def _run(args, plan, workdir: str, budget):
+    """Run this worker's share of the plan (adaptive: in rounds) on the chosen engine."""
+    from keras_tl.study import adaptive, engines, runner
+
+    if args.in_process and (args.engine != "local" or args.runs_per_worker > 1):
+        raise UserError("--in_process is for --engine local with --runs_per_worker 1 (workers run runs in-process already); drop one")
+    shard = runner.resolve_shard(args.shard)
+    if plan.study.adaptive:
+        if args.engine != "local" or args.runs_per_worker != 1:
+            raise UserError("adaptive seeds run on --engine local with --runs_per_worker 1 for now; drop --engine/--runs_per_worker")
+        runner.write_plan(workdir, plan)
+        budget = adaptive.resolve_budget(workdir, budget)
+        return adaptive.run_adaptive(plan, workdir, design=plan.study.design(), margin=adaptive.margin(plan),
+                                     budget=budget, shard=shard, resume=args.resume, keep_going=args.keep_going,
+                                     run_fn=runner.run_in_process if args.in_process else runner.run_in_subprocess)
+    engine = engines.make_engine(args.engine, resources=plan.study.resources, address=args.ray_address,
+                                 runs_per_worker=args.runs_per_worker)
+    return runner.run_plan(plan, workdir, shard=shard, resume=args.resume, keep_going=args.keep_going, engine=engine,
+                           run_fn=runner.run_in_process if args.in_process else None)
 
 
 def _main(args) -> int:
@@ -84,26 +127,20 @@ def _main(args) -> int:
         raise UserError(f"--budget {args.budget}: --report_only uses the budget recorded in the workdir; drop --budget, "
                         "or run the study with --resume --budget to change it")
     if not args.report_only:
-        resume = ["--recipe", args.recipe, *[a for o in args.overrides for a in ("--set", o)], "--workdir", workdir]
-        resume += (["--shard", args.shard] if args.shard else []) + (["--keep_going"] if args.keep_going else [])
-        resume += (["--budget", args.budget] if args.budget else []) + ["--resume"]
-        cli.set_resume_command(cli.command_line("keras_tl.study", resume))
-        run_fn = runner.run_in_process if args.in_process else runner.run_in_subprocess
-        if plan.study.adaptive:
-            runner.write_plan(workdir, plan)
-            budget = adaptive.resolve_budget(workdir, budget)
-            res = adaptive.run_adaptive(plan, workdir, design=plan.study.design(), margin=adaptive.margin(plan),
-                                        budget=budget, shard=runner.parse_shard(args.shard), resume=args.resume,
-                                        keep_going=args.keep_going, run_fn=run_fn)
-        else:
-            res = runner.run_plan(plan, workdir, shard=runner.parse_shard(args.shard), resume=args.resume,
-                                  keep_going=args.keep_going, run_fn=run_fn)
+        _set_resume_command(args, workdir)
+        res = _run(args, plan, workdir, budget)
         print(f"study: ran {len(res.ran)}, already done {len(res.skipped_done)}, claimed by other workers "
               f"{len(res.skipped_claimed)}, failed {len(res.failed)}", flush=True)
     elif not fs.exists(os.path.join(workdir, "plan.json")):
         raise UserError(f"--report_only: {workdir} holds no study (no plan.json); run the study first or fix --workdir")
     st = runner.status(plan, workdir)
     paths = report.build_report(plan, workdir)
+    finished = runner.collect(plan, workdir)
+    if finished:
+        from keras_tl.study import hparams
+
+        print(f"study: TensorBoard HParams: tensorboard --logdir {workdir} "
+              f"({hparams.write_hparams(plan, workdir, finished)})", flush=True)
     verdict = _verdict(workdir)
     if verdict:
         print(f"\n{verdict}\n", flush=True)

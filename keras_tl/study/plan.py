@@ -29,6 +29,7 @@ Axes (each a list; the plan is their product minus ``exclude``, or an explicit
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -239,6 +240,7 @@ class StudyConfig:
     seeds_min: Optional[int] = None  # adaptive seeds (seeds: {min, max, step}): None = a fixed number
     seeds_step: Optional[int] = None
     margin: Optional[float] = None  # equivalence margin in the report's units (points for accuracy)
+    resources: Dict[str, float] = dataclasses.field(default_factory=dict)  # per run, for --engine ray
 
     @property
     def higher_is_better(self) -> bool:
@@ -342,6 +344,10 @@ def fingerprint_of(data: dict) -> str:
     A base recipe the current schema cannot read raises RecipeError.
     """
     data = {k: v for k, v in data.items() if k not in ("source", "fingerprint")}
+    # Where runs execute and where features are stored (content-addressed), not what they compute.
+    data["study"] = {k: v for k, v in data["study"].items() if k != "resources"}
+    data["base_recipe"] = copy.deepcopy(data["base_recipe"])
+    data["base_recipe"].get("train", {}).pop("feature_store", None)
     base = recipe_lib.from_dict(data["base_recipe"], "<plan.json base_recipe>", validate_=False)
     data["base_recipe"] = recipe_lib.canonical(base)
     defaults = _study_json(StudyConfig(axes={}))
@@ -389,6 +395,10 @@ class StudySection:
     seconds_per_image: Optional[float] = None
     train_images: Optional[int] = dataclasses.field(default=None, metadata=_meta(1))
     margin: Optional[float] = None  # equivalence margin (metric points), adaptive seeds only
+    resources: Optional[Dict[str, float]] = None  # {cpus, gpus, tpus, memory_gb} per run (--engine ray)
+
+
+RESOURCE_KEYS = ("cpus", "gpus", "tpus", "memory_gb")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -566,9 +576,16 @@ def parse_study(raw: dict, base: recipe_lib.Recipe, where: str = "<study>") -> S
     spi = section.seconds_per_image
     if spi is not None and spi <= 0:
         _fail(where, "seconds_per_image", f"expected a positive number, got {spi!r}")
+    resources = dict(section.resources or {})
+    for k, v in resources.items():
+        if k not in RESOURCE_KEYS:
+            _fail(where, f"resources.{k}", f"unknown resource; use {', '.join(RESOURCE_KEYS)}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            _fail(where, f"resources.{k}", f"expected a number >= 0, got {v!r}")
     return StudyConfig(axes=axes, seeds=seeds, lr_grid=lr_grid, baseline=baseline, metric=section.metric,
                        arms=arms, exclude=exclude, seconds_per_image=spi, train_images=section.train_images,
-                       seeds_min=seeds_min, seeds_step=seeds_step, margin=margin)
+                       seeds_min=seeds_min, seeds_step=seeds_step, margin=margin,
+                       resources=resources)
 
 
 SEEDS_KEYS = ("min", "max", "step")
