@@ -14,6 +14,7 @@ TensorFlow is imported) and run their body through :func:`run`:
 
 from __future__ import annotations
 
+import argparse
 import importlib.abc
 import importlib.util
 import logging
@@ -108,6 +109,16 @@ class _QuietLoader(importlib.abc.Loader):
                 if kept:
                     sys.stderr.write("".join(kept))
                     sys.stderr.flush()
+
+
+def recipe_parser(module: str, doc: str, *, recipe: str, overrides: str, workdir: str) -> argparse.ArgumentParser:
+    """The argument parser every recipe-driven command starts from: --recipe, --set (repeatable), --workdir."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0],
+                                epilog="Quiet by default; KERAS_TL_VERBOSE=1 shows TensorFlow's own log lines.")
+    p.add_argument("--recipe", help=recipe)
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="K=V", help=overrides)
+    p.add_argument("--workdir", help=workdir)
+    return p
 
 
 def command_line(module: str, args: Sequence[str]) -> str:

@@ -435,13 +435,10 @@ def write_records(ctx: Context, state: checkpoint.RunState, results: dict, final
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m keras_tl.train", description=__doc__.split("\n\n")[0],
-                                epilog="Quiet by default; KERAS_TL_VERBOSE=1 shows TensorFlow's own log lines.")
-    p.add_argument("--recipe", help="recipe YAML file (required)")
-    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="K=V",
-                   help="override a recipe key, e.g. --set model.weights=none (repeatable)")
-    p.add_argument("--workdir", help="run directory (default runs/<recipe name>/<timestamp>); "
-                   "give an unfinished run's directory to resume it")
+    p = cli.recipe_parser("keras_tl.train", __doc__, recipe="recipe YAML file (required)",
+                          overrides="override a recipe key, e.g. --set model.weights=none (repeatable)",
+                          workdir="run directory (default runs/<recipe name>/<timestamp>); "
+                          "give an unfinished run's directory to resume it")
     p.add_argument("--tpu", help="TPU name (overrides train.tpu.name); 'local' on a TPU VM")
     p.add_argument("--tpu_zone", help="TPU zone (overrides train.tpu.zone)")
     p.add_argument("--tpu_project", help="GCP project (overrides train.tpu.project)")

@@ -10,16 +10,8 @@ import pytest
 from keras_tl.errors import WorkdirError
 from keras_tl.study import adaptive, runner, sequential
 from keras_tl.study import plan as plan_lib
+from test_study_runner import BASE  # tests/ is on sys.path (pytest's rootdir-relative import)
 
-BASE = """
-name: base
-data: {source: synthetic_galaxies, synthetic: {count: 100}, image_size: [32, 32]}
-model: {backbone: resnet50, weights: none}
-train:
-  phases:
-    - {trainable: head, epochs: 1}
-    - {trainable: all, epochs: 1}
-"""
 # Arm "all" is clearly better than the baseline head_only; from_conv4 is not different.
 EFFECT = {"head_only": 0.0, "from_conv4": 0.0, "all": 0.20}
 DESIGN = sequential.Design(sequential.schedule(3, 8))

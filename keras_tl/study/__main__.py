@@ -23,12 +23,10 @@ from keras_tl.errors import UserError, WeightsError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m keras_tl.study", description=__doc__.split("\n\n")[0],
-                                epilog="Quiet by default; KERAS_TL_VERBOSE=1 shows TensorFlow's own log lines.")
-    p.add_argument("--recipe", help="study recipe YAML: a training recipe plus a study: section (required)")
-    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="K=V",
-                   help="override a key: --set study.seeds=2 or --set data.batch_size=16 (repeatable)")
-    p.add_argument("--workdir", help="study directory (default runs/studies/<recipe name>)")
+    p = cli.recipe_parser("keras_tl.study", __doc__,
+                          recipe="study recipe YAML: a training recipe plus a study: section (required)",
+                          overrides="override a key: --set study.seeds=2 or --set data.batch_size=16 (repeatable)",
+                          workdir="study directory (default runs/studies/<recipe name>)")
     p.add_argument("--shard", help="run shard i of N (0-based), e.g. --shard 0/4; the shards partition the plan. "
                    "--shard auto[/N]: i from JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID, "
                    "N from /N or SLURM_ARRAY_TASK_COUNT")

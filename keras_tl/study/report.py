@@ -153,20 +153,25 @@ def _pick_lr(s, grid) -> Tuple[Optional[int], List[dict]]:
     return (best[0] if best else None), table
 
 
+def _pair_entries(plan: Plan):
+    """``(arm, its baseline arm, the comparison's identifying fields)`` for every arm that has a baseline."""
+    base_axes = list(plan.study.baseline)
+    ctx_axes = [a for a in plan.varied if a not in base_axes]
+    for arm in plan.arms:
+        ref = plan.reference_of(arm)
+        if ref is not None:
+            yield arm, ref, {"arm_id": arm.id, "reference_id": ref.id, "a": _context_text(arm.values, base_axes),
+                             "b": _context_text(ref.values, base_axes), "context": _context_text(arm.values, ctx_axes),
+                             "values": arm.values}
+
+
 def _comparisons(plan: Plan, per_seed: Dict[str, Dict[int, float]], *, seed: int, n_boot: int) -> List[dict]:
     """Every arm against its baseline arm, paired by seed, with the verdicts."""
     hib = plan.study.higher_is_better
-    base_axes = list(plan.study.baseline)
-    ctx_axes = [a for a in plan.varied if a not in base_axes]
     comparisons = []
-    for arm in plan.arms:
-        ref = plan.reference_of(arm)
-        if ref is None:
-            continue
+    for arm, ref, entry in _pair_entries(plan):
         common = sorted(set(per_seed[arm.id]) & set(per_seed[ref.id]))
-        entry = {"arm_id": arm.id, "reference_id": ref.id,
-                 "a": _context_text(arm.values, base_axes), "b": _context_text(ref.values, base_axes),
-                 "context": _context_text(arm.values, ctx_axes), "values": arm.values, "seeds": common}
+        entry["seeds"] = common
         if len(common) >= 1:
             entry.update(stats.compare([per_seed[arm.id][k] for k in common], [per_seed[ref.id][k] for k in common],
                                        higher_is_better=hib, seed=seed, n_boot=n_boot))
@@ -196,17 +201,10 @@ def _adaptive_comparisons(plan: Plan, results: Dict[str, dict], per_seed: Dict[s
     state, _, _ = adaptive.study_state(plan, results, design, margin=adaptive.margin(plan), budget=budget)
     entries = adaptive.summarise(state, pairs, per_seed, higher_is_better=s.higher_is_better, seed=seed, n_boot=n_boot)
     missing = [r for r in adaptive.wanted_runs(plan, pairs, state) if r.key not in results]
-    base_axes = list(s.baseline)
-    ctx_axes = [a for a in plan.varied if a not in base_axes]
     comparisons = []
-    for arm in plan.arms:
-        ref = plan.reference_of(arm)
-        if ref is None:
-            continue
+    for arm, _, entry in _pair_entries(plan):
         e = entries[arm.id]
-        comparisons.append({"arm_id": arm.id, "reference_id": ref.id, "a": _context_text(arm.values, base_axes),
-                            "b": _context_text(ref.values, base_axes), "context": _context_text(arm.values, ctx_axes),
-                            "values": arm.values, "seeds": list(range(e["seeds_used"])), **e})
+        comparisons.append({**entry, "seeds": list(range(e["seeds_used"])), **e})
         if e["seeds_used"] == 0:
             comparisons[-1]["verdict"] = "not run yet"
     info = {"method": sequential.METHOD, "design": design.to_json(), "margin": s.margin,
