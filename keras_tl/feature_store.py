@@ -96,9 +96,9 @@ def load(store: str, k: str) -> Optional[Dict[str, Any]]:
         return None
     if fs.is_remote(p):
         with fs.gfile().GFile(p, "rb") as f:
-            data = np.load(io.BytesIO(f.read()))
+            data = np.load(io.BytesIO(f.read()), allow_pickle=False)
     else:
-        data = np.load(p)
+        data = np.load(p, allow_pickle=False)
     return {name: data[name] for name in ("xtr", "ytr", "xva", "yva")}
 
 

@@ -1,6 +1,7 @@
 """One error path for every command: bad input is one ``error: ...`` line on stderr and exit status 2."""
 
 import os
+import signal
 import pathlib
 import subprocess
 import sys
@@ -82,7 +83,10 @@ def test_ctrl_c_prints_one_line_with_the_command_that_resumes(tmp_path, tiny, re
     recipe = recipe_file(tmp_path, raw)
     env = dict(os.environ, KERAS_TL_FAULT="sigint@phase_recorded:0")
     cmd = [sys.executable, "-m", "keras_tl.train", "--recipe", recipe, "--set", "seed=4"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps an
+    # ignored SIGINT; restore the default so the child behaves as in a terminal however CI runs us.
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.returncode == 130, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
