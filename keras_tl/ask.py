@@ -705,6 +705,7 @@ def _main(args) -> int:
 
 
 def main(argv=None) -> int:
+    cli.setup_output()
     return cli.run(_main, _parser().parse_args(argv))
 
 

@@ -97,7 +97,7 @@ def _ask_cmd(folder, budget):
 def test_ask_end_to_end_killed_and_resumed(tmp_path):
     folder = make_folder(str(tmp_path / "galaxies"))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    budget = "8m"
+    budget = "4m"  # the smallest plan (2 arms x 2 seeds): CI-sized
     cmd = _ask_cmd(folder, budget)
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

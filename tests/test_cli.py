@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (["keras_tl.probe"], "--recipe is required"),
     (["keras_tl.visualize", "--model", "missing.keras", "x.png"], "--model missing.keras: not found"),
     (["keras_tl.predict", "--model", "no_such_export", "x.png"], "no_such_export: not a complete keras_tl export"),
+    (["keras_tl.ask", "--data", "no_such_folder"], "no_such_folder"),
 ])
 def test_every_command_reports_bad_input_in_one_line(tmp_path, argv, needle):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -53,6 +54,7 @@ def test_tensorflow_start_up_is_quiet_unless_verbose(tmp_path):
     ("keras_tl.visualize", ["--model", "--out", "--maps"]),
     ("keras_tl.predict", ["--model", "--top_k", "--batch_size"]),
     ("keras_tl.weights", ["fetch", "list"]),
+    ("keras_tl.ask", ["--data", "--budget", "--backbone", "--source", "--dry_run", "--set"]),
 ])
 def test_every_command_help_lists_its_own_flags_and_exits_0(tmp_path, module, own_flags):
     proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -61,6 +63,22 @@ def test_every_command_help_lists_its_own_flags_and_exits_0(tmp_path, module, ow
     for flag in own_flags:
         assert flag in text, (module, flag, proc.stdout)
     assert "--tpu" not in text or module == "keras_tl.train", proc.stdout  # no flags borrowed from another command
+
+
+def test_every_entry_point_quiets_tensorflow_first():
+    """Each ``main`` calls cli.setup_output() before anything can import TensorFlow (ask once did not,
+    and printed cuInit and oneDNN lines on a CPU machine)."""
+    import ast
+
+    package = pathlib.Path(keras_tl.__file__).parent
+    mains = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef) and node.name == "main":
+                mains.append(path.name)
+                calls = [n for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+                assert any(c.func.attr == "setup_output" for c in calls), f"{path}: main() must call cli.setup_output()"
+    assert {"train.py", "ask.py", "probe.py", "predict.py", "visualize.py", "weights.py"} <= set(mains), mains
 
 
 def test_only_cli_py_prints_error_lines():
