@@ -35,3 +35,44 @@ def test_readme_per_stage_table_is_what_telescope_yaml_prints():
     want = stage_table("recipes/telescope.yaml", ["model.weights=none"], 1, 10)
     got = readme_block("`telescope.yaml`'s fine-tune phase")
     assert got == want, f"README.md's table is stale; replace it with:\n{want}"
+
+
+def _block(after: str, lang: str) -> str:
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    m = re.search(rf"```{lang}\n(.*?)```", text[text.index(after):], re.S)
+    assert m, (after, lang)
+    return m.group(1)
+
+
+def test_readme_kubernetes_job_and_sbatch_array_run_every_shard():
+    """The README's Indexed Job and sbatch array are valid as written: each index gets its own shard of
+    the study (N = completions = array length), and the command parses as keras_tl.study's."""
+    import yaml
+
+    from keras_tl.study import __main__ as study_cli
+    from keras_tl.study import runner
+
+    job = yaml.safe_load(_block("Scheduler arrays", "yaml"))
+    assert job["apiVersion"] == "batch/v1" and job["kind"] == "Job"
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["podReplacementPolicy"] == "Failed"  # one attempt per index at a time
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"  # backoffLimitPerIndex needs it
+    (container,) = spec["template"]["spec"]["containers"]
+    command = [str(c) for c in container["command"]]
+    assert command[:3] == ["python", "-m", "keras_tl.study"]
+    args = study_cli.parser().parse_args(command[3:])
+    assert args.resume and os.path.exists(os.path.join(ROOT, args.recipe))
+    n = spec["completions"]
+    shards = [runner.resolve_shard(args.shard, {"JOB_COMPLETION_INDEX": str(i)}) for i in range(n)]
+    assert [tuple(s) for s in shards] == [(i, n) for i in range(n)]
+    assert any(args.workdir.startswith(m["mountPath"]) for m in container["volumeMounts"])  # the shared volume
+
+    sbatch = _block("Scheduler arrays", "bash")
+    array = re.search(r"#SBATCH --array=(\d+)-(\d+)", sbatch)
+    lo, hi = int(array.group(1)), int(array.group(2))
+    cmd = re.search(r"python -m keras_tl.study (.*)", sbatch.replace("\\\n", " ")).group(1).split()
+    args = study_cli.parser().parse_args(cmd)
+    assert args.resume and os.path.exists(os.path.join(ROOT, args.recipe))
+    env = {"SLURM_ARRAY_TASK_MIN": str(lo), "SLURM_ARRAY_TASK_COUNT": str(hi - lo + 1)}
+    shards = [runner.resolve_shard(args.shard, {**env, "SLURM_ARRAY_TASK_ID": str(i)}) for i in range(lo, hi + 1)]
+    assert [tuple(s) for s in shards] == [(i, hi - lo + 1) for i in range(hi - lo + 1)]

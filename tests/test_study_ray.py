@@ -75,3 +75,55 @@ def _raises(recipe, run_dir):
 def test_resources_map_to_ray_options():
     assert engines.ray_options({"gpus": 1, "tpus": 4, "memory_gb": 2}) == {
         "num_cpus": 1, "num_gpus": 1, "memory": 2 * 2**30, "resources": {"TPU": 4}}
+
+
+def effect_run(recipe, run_dir):
+    """Accuracy 0.5 + 0.2 for arm ``all`` (+ seed noise), so adaptive seeds settle it early."""
+    import numpy as np
+
+    os.makedirs(run_dir, exist_ok=True)
+    arm = os.path.basename(os.path.dirname(run_dir))
+    rng = np.random.default_rng([recipe.seed, len(arm)])
+    acc = 0.5 + (0.2 if arm.startswith("all") else 0.0) + rng.normal(0, 0.03)
+    return {"test": {"accuracy": acc, "loss": 1.0}, "val": {"accuracy": acc}, "history": {}, "images_seen": 10,
+            "wall_time": 1.0, "seed": recipe.seed, "pid": os.getpid()}
+
+
+def test_adaptive_seeds_on_ray_match_the_local_engine(tmp_path, local_ray):
+    """Adaptive rounds run on Ray (a whole round in parallel) and make the same decisions as locally."""
+    from keras_tl.study import adaptive, sequential
+
+    design = sequential.Design(sequential.schedule(3, 8))
+    plan = make_plan(tmp_path, "freeze: [head_only, from_conv4, all]\nseeds: 8\nbaseline: {freeze: head_only}\n")
+    done = {}
+    for name, engine in [("local", None), ("ray", engines.RayEngine(runs_per_worker=4))]:
+        wd = str(tmp_path / name)
+        adaptive.run_adaptive(plan, wd, design=design, run_fn=effect_run, engine=engine, log=lambda s: None)
+        state, _, _ = adaptive.study_state(plan, runner.collect(plan, wd), design)
+        done[name] = (sorted(str(p.relative_to(wd)) for p in (tmp_path / name).glob("runs/**/DONE")),
+                      {k: (t.status, t.n) for k, t in state.tracks.items()})
+    assert done["ray"] == done["local"]
+    statuses = {plan.arm(k).values["freeze"]: v for k, v in done["ray"][1].items()}
+    assert statuses["all"][0] == sequential.BETTER and statuses["all"][1] < 8  # settled before the last seed
+    assert len(done["ray"][0]) < len(plan.runs)
+
+
+def test_ray_with_a_retried_scheduler_index_takes_over_its_claims(tmp_path, local_ray):
+    """--engine ray --shard auto/2 in a retried Kubernetes pod: the index's stale claims (another node)
+    are taken over, the other index's runs are left alone."""
+    import json
+    import time
+
+    plan = make_plan(tmp_path, "freeze: [head_only, all]\nseeds: 2\n")
+    wd = str(tmp_path / "wd")
+    runner.write_plan(wd, plan)
+    mine = runner.shard_runs(plan, 1, 2)
+    for r in mine:  # index 1's first pod died on node-a mid-run
+        with open(runner.claim_path(wd, r), "w") as f:
+            json.dump({"host": "node-a", "pid": 7, "time": time.time(), "shard": "1/2", "nonce": "x",
+                       "owner": "kubernetes 1/2"}, f)
+    shard = runner.resolve_shard("auto/2", {"JOB_COMPLETION_INDEX": "1"})
+    res = runner.run_plan(plan, wd, run_fn=effect_run, engine=engines.RayEngine(), shard=shard, resume=True,
+                          log=lambda s: None)
+    assert sorted(res.ran) == sorted(r.key for r in mine) and not res.failed
+    assert sorted(str(p.parent) for p in (tmp_path / "wd").glob("runs/**/DONE")) == sorted(runner.run_dir(wd, r) for r in mine)

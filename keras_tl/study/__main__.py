@@ -77,18 +77,17 @@ def _run(args, plan, workdir: str, budget):
     if args.in_process and (args.engine != "local" or args.runs_per_worker > 1):
         raise UserError("--in_process is for --engine local with --runs_per_worker 1 (workers run runs in-process already); drop one")
     shard = runner.resolve_shard(args.shard)
+    engine = engines.make_engine(args.engine, resources=plan.study.resources, address=args.ray_address,
+                                 runs_per_worker=args.runs_per_worker)
+    run_fn = runner.run_in_process if args.in_process else None  # None: the engine's default
     if plan.study.adaptive:
-        if args.engine != "local" or args.runs_per_worker != 1:
-            raise UserError("adaptive seeds run on --engine local with --runs_per_worker 1 for now; drop --engine/--runs_per_worker")
         runner.write_plan(workdir, plan)
         budget = adaptive.resolve_budget(workdir, budget)
         return adaptive.run_adaptive(plan, workdir, design=plan.study.design(), margin=adaptive.margin(plan),
                                      budget=budget, shard=shard, resume=args.resume, keep_going=args.keep_going,
-                                     run_fn=runner.run_in_process if args.in_process else runner.run_in_subprocess)
-    engine = engines.make_engine(args.engine, resources=plan.study.resources, address=args.ray_address,
-                                 runs_per_worker=args.runs_per_worker)
+                                     run_fn=run_fn, engine=engine)
     return runner.run_plan(plan, workdir, shard=shard, resume=args.resume, keep_going=args.keep_going, engine=engine,
-                           run_fn=runner.run_in_process if args.in_process else None)
+                           run_fn=run_fn)
 
 
 def _main(args) -> int:

@@ -255,7 +255,7 @@ def wanted_runs(plan, pairs: Mapping[str, Pair], state: sequential.Replay) -> li
 def run_adaptive(plan, workdir: str, *, design: sequential.Design, margin: Optional[float] = None,
                  budget: Optional[Budget] = None, run_fn=None, shard: Tuple[int, int] = (0, 1), resume: bool = False,
                  keep_going: bool = False, log: Callable[[str], None] = print, poll_seconds: float = 15.0,
-                 sleep: Callable[[float], None] = None):
+                 sleep: Callable[[float], None] = None, engine=None):
     """Run an adaptive study in rounds until every comparison is settled, out of seeds or out of budget.
 
     Each round is derived from the finished runs alone (:func:`study_state`), so all workers
@@ -263,7 +263,8 @@ def run_adaptive(plan, workdir: str, *, design: sequential.Design, margin: Optio
     in plan order; without shards, claim files hand them out), then waits, polling every
     ``poll_seconds``, until the other workers have finished theirs, and derives the next round.
     A run that fails leaves a hole in its arm's seeds that no later look can pass: the study
-    stops there (``--resume`` retries it).
+    stops there (``--resume`` retries it). ``engine`` (:mod:`keras_tl.study.engines`) runs each
+    round's runs: local by default, or Ray, which runs a whole round in parallel.
     """
     import os
     import time
@@ -296,7 +297,7 @@ def run_adaptive(plan, workdir: str, *, design: sequential.Design, margin: Optio
             log(f"study: round {state.round + 1}/{len(design.looks)}: {len(state.seeds_wanted())} open comparisons "
                 f"need {design.looks[state.round]} seeds; {len(mine)} runs for this worker")
             res = runner.run_plan(plan, workdir, runs=mine, run_fn=run_fn, shard=shard, resume=resume or started,
-                                  keep_going=keep_going, log=log)
+                                  keep_going=keep_going, log=log, engine=engine)
             started = True
             for f in dataclasses.fields(res):
                 getattr(total, f.name).extend(getattr(res, f.name))
