@@ -238,9 +238,51 @@ def test_budget_study_reuses_the_transfer_study_runs():
     assert not [r for r in new.runs if "_x3_" in r.arm_id and text(r) in old]
 
 
+def _reuse_tool():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(_REPO_RECIPES), "tools", "reuse_runs.py")
+    spec = importlib.util.spec_from_file_location("reuse_runs", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_lite0_budget_study_reuses_the_imagenet_study_runs(tmp_path):
+    """lite0_budget_study's x1 arms are lite0_imagenet_study's 100%-data runs (only the name differs);
+    tools/reuse_runs.py hard-links the finished ones and nothing else."""
+    from keras_tl.study import runner
+
+    tool = _reuse_tool()
+    src = plan_lib.load_plan(os.path.join(_REPO_RECIPES, "lite0_imagenet_study.yaml"))
+    dst = plan_lib.load_plan(os.path.join(_REPO_RECIPES, "lite0_budget_study.yaml"))
+    pairs = tool.matches(src, dst)
+    assert len(pairs) == 24 and all("_x1_" in t.arm_id and s.arm_id.endswith(("_1_data-b8c79cd7", "_1_data-40a2ec21"))
+                                    for t, s in pairs)
+    src_dir, dst_dir = str(tmp_path / "src"), str(tmp_path / "dst")
+    finished = [s for _, s in pairs][:3]
+    for s in [r for r in src.runs if r not in [p for _, p in pairs]][:2] + finished:  # other arms' runs too
+        d = runner.run_dir(src_dir, s)
+        os.makedirs(d)
+        open(os.path.join(d, runner.DONE), "w").close()
+        open(os.path.join(d, runner.METRICS), "w").write("{}")
+    out = tool.reuse(src, src_dir, dst, dst_dir, log=lambda s: None)
+    assert out == {"linked": 3, "already_present": 0, "source_unfinished": 21, "target_runs": 36}
+    linked = [t for t, s in pairs if s in finished]
+    assert all(runner.is_done(dst_dir, t) for t in linked)
+    assert os.stat(os.path.join(runner.run_dir(dst_dir, linked[0]), runner.METRICS)).st_nlink == 2  # hard links, no copy
+    assert tool.reuse(src, src_dir, dst, dst_dir, log=lambda s: None)["already_present"] == 3
+
+
 # Run directories of committed studies (docs/evidence, recipes/*study*.yaml) are named by these ids:
 # a change to how arms are named or overridden would orphan every finished run.
 PINNED_ARM_IDS = {
+    "lite0_imagenet_study.yaml": ["imagenet_0.05_data-d7d1aaf5", "imagenet_0.25_data-a55f2733", "imagenet_1_data-b8c79cd7",
+                                  "scratch_0.05_data-9801ce70", "scratch_0.25_data-f3a3d266", "scratch_1_data-40a2ec21"],
+    "lite0_reset_study.yaml": ["full_no_reinit-bd904370", "full_reinit_top-1f87363a", "full_reinit_block6-block7-top-f6fe70a2",
+                               "cut_after_block6_no_reinit-58d72cbd", "cut_after_block5_no_reinit-d2e169da"],
+    "lite0_freeze_study.yaml": ["head_only-1a62cada", "from_block6-d50b137f", "from_block4-1b190884", "all-f899a557"],
+    "lite0_budget_study.yaml": ["scratch_x1_epochs-fe3c1164", "scratch_x3_epochs-f00426f0", "imagenet_x1_epochs-846c589e"],
     "study_smoke.yaml": ["head_only-1a62cada", "all-f899a557"],
     "survey_budget_study.yaml": ["scratch_x1_epochs-0ba3beb7", "scratch_x3_epochs-3a119851",
                                  "sdss_pretrained_x1_epochs-d505e9d0", "sdss_pretrained_x3_epochs-d5e65119"],

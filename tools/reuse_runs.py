@@ -1,0 +1,78 @@
+"""Hard-link a study's finished runs into another study whose runs train the same recipes.
+
+    python tools/reuse_runs.py --from recipes/lite0_imagenet_study.yaml runs/studies/lite0_imagenet \\
+                               --to recipes/lite0_budget_study.yaml runs/studies/lite0_budget
+
+A run is reused only when its training recipe, as the runner would train it, is the same in both
+studies apart from ``name`` (the study's name), and the source run is finished (DONE and
+metrics.json). Its directory is hard-linked (``cp -al``: no extra disk) to where the target study
+looks for it; ``--resume`` then skips it. Runs already present in the target are left alone.
+Prints one line per reused run and a JSON summary; ``--dry_run`` only prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def training_text(run) -> str:
+    from keras_tl import recipe as recipe_lib
+
+    return "\n".join(line for line in recipe_lib.dump(run.recipe).splitlines() if not line.startswith("name:"))
+
+
+def matches(source_plan, target_plan):
+    """[(target run, source run)] for every target run whose training recipe a source run has."""
+    by_text = {training_text(r): r for r in source_plan.runs}
+    return [(r, by_text[training_text(r)]) for r in target_plan.runs if training_text(r) in by_text]
+
+
+def reuse(source_plan, source_dir: str, target_plan, target_dir: str, dry_run: bool = False, log=print) -> dict:
+    from keras_tl.study import runner
+
+    linked, present, unfinished = [], [], []
+    for target, source in matches(source_plan, target_plan):
+        if runner.is_done(target_dir, target) or os.path.exists(runner.run_dir(target_dir, target)):
+            present.append(target.key)
+            continue
+        if not runner.is_done(source_dir, source):
+            unfinished.append(target.key)
+            continue
+        src, dst = runner.run_dir(source_dir, source), runner.run_dir(target_dir, target)
+        log(f"reuse: {source.key} -> {target.key}")
+        if not dry_run:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            subprocess.run(["cp", "-al", src, dst + ".partial"], check=True)
+            os.rename(dst + ".partial", dst)  # a run dir appears whole or not at all
+        linked.append(target.key)
+    return {"linked": len(linked), "already_present": len(present), "source_unfinished": len(unfinished),
+            "target_runs": len(target_plan.runs)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--from", dest="source", nargs=2, metavar=("RECIPE", "WORKDIR"), required=True)
+    ap.add_argument("--to", dest="target", nargs=2, metavar=("RECIPE", "WORKDIR"), required=True)
+    ap.add_argument("--dry_run", action="store_true")
+    args = ap.parse_args(argv)
+    from keras_tl import cli
+
+    cli.setup_output()
+
+    def _main(a):
+        from keras_tl.study import plan as plan_lib
+
+        src_plan, dst_plan = plan_lib.load_plan(a.source[0]), plan_lib.load_plan(a.target[0])
+        print(json.dumps(reuse(src_plan, a.source[1], dst_plan, a.target[1], dry_run=a.dry_run)))
+
+    return cli.run(_main, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
