@@ -283,6 +283,7 @@ PINNED_ARM_IDS = {
                                "cut_after_block6_no_reinit-58d72cbd", "cut_after_block5_no_reinit-d2e169da"],
     "lite0_freeze_study.yaml": ["head_only-1a62cada", "from_block6-d50b137f", "from_block4-1b190884", "all-f899a557"],
     "lite0_budget_study.yaml": ["scratch_x1_epochs-fe3c1164", "scratch_x3_epochs-f00426f0", "imagenet_x1_epochs-846c589e"],
+    "lite0_bn_study.yaml": ["bn-frozen-0088486c", "bn-train-83040f0a"],
     "lite0_bands_study.yaml": ["imagenet_method-percentile-160e746a", "imagenet_method-none-c8004d32",
                                "scratch_method-percentile-2aaf2fac"],
     "study_smoke.yaml": ["head_only-1a62cada", "all-f899a557"],
