@@ -1,0 +1,51 @@
+"""The README's Evidence verdict table, generated from committed study.json files (so it cannot drift).
+
+    python tools/evidence_table.py docs/evidence/lite0_imagenet docs/evidence/lite0_reset ...
+
+Prints one markdown table: per comparison, the study, the arm against its baseline and what was held
+fixed, finished seeds, the arm's and the baseline's mean, the paired difference with its 95% CI,
+and the report's verdict (with "at chance" flags). tests/test_docs.py checks that the README holds
+exactly this output between its ``evidence-table`` markers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def _pct(x, scale):
+    return "—" if x is None else f"{x * scale:.1f}"
+
+
+def _diff(x, scale):
+    return "—" if x is None else f"{x * scale:+.1f}"
+
+
+def rows(study: dict):
+    scale = study.get("scale", 100.0)
+    arms = {a["id"]: a for a in study["arms"]}
+    for c in study["comparisons"]:
+        a, b = arms[c["arm_id"]], arms[c["reference_id"]]
+        ci = "n/a (1 seed)" if c["ci_lo"] is None else f"{_diff(c['ci_lo'], scale)} to {_diff(c['ci_hi'], scale)}"
+        chance = [w for w, flag in (("arm", c["at_chance"]["a"]), ("baseline", c["at_chance"]["b"])) if flag]
+        verdict = c["verdict"] + ("" if not chance or "chance" in c["verdict"] else f"; {' and '.join(chance)} at chance")
+        yield (study["name"], f"{c['a']} vs {c['b']}" + (f" ({c['context']})" if c.get("context") else ""),
+               f"{c['n']}", _pct(a["mean"], scale), _pct(b["mean"], scale), _diff(c["mean"], scale), ci, verdict)
+
+
+def table(study_dirs) -> str:
+    head = ("study", "comparison", "seeds", "arm (%)", "baseline (%)", "difference (points)", "95% CI (points)", "verdict")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for d in study_dirs:
+        with open(os.path.join(d, "study.json"), encoding="utf-8") as f:
+            study = json.load(f)
+        done = f" ({study['runs_done']}/{study['runs_total']} runs)" if study["runs_done"] < study["runs_total"] else ""
+        for r in rows(study):
+            lines.append("| " + " | ".join((r[0] + done,) + r[1:]) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table(sys.argv[1:]))
