@@ -49,20 +49,65 @@ def _base(tmp_path):
 
 
 CAND = {"last_stage": "top", "cut_after": "block7", "weak_last": True, "freeze_from": "block7", "chance": 0.5}
+# A fake measurement (seconds): what each run pays besides its training steps is large here, as on a loaded machine.
+COSTS = {"seconds_per_image": 0.01, "eval_seconds_per_image": 0.004, "startup": 9.0, "build": 3.0, "trace_train": 6.0,
+         "trace_eval": 2.0, "export": 1.5}
 
 
-def test_fit_plan_fits_the_budget_and_says_what_would(tmp_path):
+def test_cost_estimate_includes_the_per_run_fixed_cost(tmp_path):
+    base = _base(tmp_path)
+    plan = ask.make_plan(base, ask.study_section(ask.candidate_levels(CAND, None)[0], 3, (), 1000))
+    est = ask.estimate(plan, COSTS, n_eval=300)
+    # 2 phases: start-up + build + 2 x (train + eval tracing) + final eval tracing + export + 300 images x (5 epochs + 1) x eval cost
+    fixed = 9.0 + 3.0 + 2 * (6.0 + 2.0) + 2.0 + 1.5 + 300 * 6 * 0.004
+    assert ask.run_fixed_seconds(COSTS, base, 300) == pytest.approx(fixed)
+    assert est.runs == 6 and est.overhead_per_run == pytest.approx(fixed, abs=0.1)
+    assert est.cpu_seconds == pytest.approx(est.images * 0.01 + 6 * fixed)
+    no_fixed = ask.estimate(plan, {**COSTS, **{k: 0.0 for k in COSTS if k != "seconds_per_image"}}, n_eval=300)
+    assert no_fixed.cpu_seconds == pytest.approx(est.images * 0.01)
+    assert est.cpu_seconds > 1.5 * no_fixed.cpu_seconds
+
+
+def test_fit_plan_adaptive_seeds_fit_the_budget_and_say_what_would(tmp_path):
     base = _base(tmp_path)
     levels = ask.candidate_levels(CAND, None)
     assert len(levels) == 4 and len(levels[-1]) == 8  # 2 inits x 2 sizes + 2 freeze + reset + cut
-    small = ask.fit_plan(base, levels, 1000, 0.01, 900)
-    big = ask.fit_plan(base, levels, 1000, 0.01, 20 * 3600)
-    for fit in (small, big):
-        assert fit["cost"].cpu_seconds <= fit["budget_s"]  # the plan's own estimate never exceeds the budget
-    assert small["level"] < big["level"] == 3
-    assert big["section"]["seeds"] == ask.MAX_SEEDS and big["section"]["lr_grid"] == list(ask.LR_GRID)
+    fits = {b: ask.fit_plan(base, levels, 1000, COSTS, 300, b) for b in (400, 1500, 20 * 3600)}
+    for fit in fits.values():
+        assert fit["cost"].cpu_seconds <= fit["budget_s"]  # the plan's most expensive outcome never exceeds the budget
+    tiny, small, big = fits[400]["section"]["seeds"], fits[1500]["section"]["seeds"], fits[20 * 3600]["section"]["seeds"]
+    assert tiny == ask.FALLBACK_SEEDS and fits[400]["level"] == 0  # not even 3 seeds fit: the main question, fixed seeds
+    assert small["min"] == ask.MIN_SEEDS and ask.MIN_SEEDS <= small["max"] < ask.MAX_SEEDS
+    assert big == {"min": ask.MIN_SEEDS, "max": ask.MAX_SEEDS} and fits[20 * 3600]["level"] == 3
+    assert fits[20 * 3600]["plan"].study.adaptive and "lr_grid" not in fits[20 * 3600]["section"]
     with pytest.raises(UserError, match=r"pass --budget \d+m or more"):
-        ask.fit_plan(base, levels, 1000, 0.01, 60, spent_s=30)
+        ask.fit_plan(base, levels, 1000, COSTS, 300, 60, spent_s=30)
+
+
+def test_candidate_arms_with_source_weights():
+    src = "/data/survey.weights.h5"
+    weak = ask.candidate_levels(CAND, src)
+    source = {"label": "source", "weights": src}
+    assert [a["init"] for a in weak[0]] == ["imagenet", "none", source]
+    assert [a["init"] for a in weak[1] if a["data_fraction"] < 1] == ["imagenet", "none", source]
+    extra = weak[3][len(weak[2]):]
+    assert extra == [ask._arm("imagenet", reinit=["top"]), ask._arm("imagenet", cut_after="block7")]
+    strong = ask.candidate_levels(dict(CAND, weak_last=False), src)
+    assert len(strong) == 3 and not any(a["reinit"] or a["cut_after"] for a in strong[-1])
+
+
+def _adaptive_study(**info):
+    return {"runs_done": 6, "runs_total": 6, "comparisons": [{"verdict": "better"}],
+            "adaptive": {"done": True, "runs_missing": 0, "runs_max": 24, **info}}
+
+
+def test_partial_only_when_the_budget_stopped_the_rule():
+    assert not ask.is_partial(_adaptive_study())  # 6 of at most 24 runs: the rule settled it early
+    assert ask.is_partial(_adaptive_study(done=False, runs_missing=4))  # a look still waits for runs
+    assert ask.is_partial(dict(_adaptive_study(), comparisons=[{"verdict": "undecided (out of budget)"}]))
+    assert not ask.is_partial(dict(_adaptive_study(), comparisons=[{"verdict": "undecided (out of seeds)"}]))
+    assert ask.is_partial({"runs_done": 3, "runs_total": 4, "comparisons": [], "adaptive": None})
+    assert "PARTIAL" in ask.partial_text(_adaptive_study(done=False, runs_missing=4)) and not ask.partial_text(_adaptive_study())
 
 
 def _study(arms, comparisons=()):

@@ -74,12 +74,10 @@ def _run(args, plan, workdir: str, budget):
     """Run this worker's share of the plan (adaptive: in rounds) on the chosen engine."""
     from keras_tl.study import adaptive, engines, runner
 
-    if args.in_process and (args.engine != "local" or args.runs_per_worker > 1):
-        raise UserError("--in_process is for --engine local with --runs_per_worker 1 (workers run runs in-process already); drop one")
+    engines.check_options(adaptive=plan.study.adaptive, engine=args.engine, runs_per_worker=args.runs_per_worker,
+                          in_process=args.in_process)
     shard = runner.resolve_shard(args.shard)
     if plan.study.adaptive:
-        if args.engine != "local" or args.runs_per_worker != 1:
-            raise UserError("adaptive seeds run on --engine local with --runs_per_worker 1 for now; drop --engine/--runs_per_worker")
         runner.write_plan(workdir, plan)
         budget = adaptive.resolve_budget(workdir, budget)
         return adaptive.run_adaptive(plan, workdir, design=plan.study.design(), margin=adaptive.margin(plan),
