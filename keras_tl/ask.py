@@ -671,7 +671,7 @@ def answer_text(study: dict, extra: List[dict], rec: Optional[dict], notes: List
     sentences = [f"{partial}For {info['path']} ({info['images']} images, {len(info['classes'])} classes, {backbone}), on {study['split']} "
                  f"{study['metric']} with 95% CIs:"]
     main = [c for c in study["comparisons"] if _is(c["values"], init="imagenet")]
-    def clause(c):
+    def clause(c, study=study):
         if c.get("n", 0) == 1:  # one seed pair: a difference but no interval yet
             return (f"{c['a']} vs {c['b']}{' at ' + c['context'] if c['context'] else ''}: "
                     f"{report.fmt_diff(study, c['mean'])} {study['unit']} on the one seed pair finished, no CI yet (it needs 2+ seeds).")
@@ -682,9 +682,10 @@ def answer_text(study: dict, extra: List[dict], rec: Optional[dict], notes: List
                                      context=f"{c['values']['data_fraction'] * 100:g}% of the data")))
     for c in [c for c in study["comparisons"] if not _is(c["values"], init="imagenet")]:
         sentences.append(clause(c))
+    fixed = dict(study, adaptive=None)  # ask's own comparisons are fixed-sample (stats.compare), not sequential
     for kind in ("reset", "cut", "freeze"):
         for c in [c for c in extra if c["kind"] == kind]:
-            sentences.append(clause(c))
+            sentences.append(clause(c, fixed))
     if not any(c["kind"] in ("reset", "cut") for c in extra):
         sentences.append("Resetting or cutting the last stage was not run: " + (
             "the budget did not fit it." if cand["weak_last"] else f"the probes did not ask for it ({cand['why']})."))
@@ -862,7 +863,7 @@ def finish(state: dict, study: dict, plan, base, workdir: str, study_dir: str, b
             if plan.study.adaptive else "")
     cost_text = (f"Cost: {study['runs_done']} training runs{most}, "
                  + (f"{duration(cal['observed_s'])} of run wall time (estimated {duration(cal['estimated_s'])} for these runs)"
-                    if cal else "no finished run")
+                    if cal else "no run time recorded")
                  + f"; probes {duration(secs.get('probe', 0))}; this call {duration(time.time() - t0)} of a {duration(p['budget_s'])} budget.")
     chance = max(state["candidates"]["chance"], 1.0 / len(state["inspection"]["classes"]))
     slowdown = cal["ratio"] if cal and cal["ratio"] else 1.0
@@ -901,7 +902,7 @@ def render_report(state: dict, study: dict, workdir: str) -> str:
     from keras_tl.study import report
 
     for c in a["extra_comparisons"]:
-        lines.append(f"- {report.comparison_clause(study, c)}")
+        lines.append(f"- {report.comparison_clause(dict(study, adaptive=None), c)}")
     if not a["extra_comparisons"]:
         lines.append("- not run")
     lines += ["", "## The study", "", "The full study report (every arm, CI and plot): study/report.md, study/study.json.", "",
