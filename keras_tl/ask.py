@@ -12,7 +12,8 @@
 3. measures this machine's cost (seconds per training image, and what each run pays besides
    training: start-up, model build, tracing of the train and eval functions, evaluation, export)
    and plans a :mod:`keras_tl.study` with adaptive seeds (at least 3 per comparison, at most what
-   ``--budget`` allows) whose most expensive outcome fits the budget; writes it as study.yaml;
+   ``--budget`` allows) whose most expensive outcome fits the budget (when 3 do not fit: the main
+   question at 2 fixed seeds); writes it as study.yaml, a recipe keras_tl.study runs as it is;
    ``--dry_run`` stops after printing it;
 4. runs it with the study's own runner, resumably (the same command again resumes): the stopping
    rule adds seeds only to comparisons still unresolved and stops when they are settled;
@@ -290,15 +291,30 @@ def make_plan(base: recipe_lib.Recipe, section: dict):
     return plan_lib.expand(base, study, source="keras_tl.ask")
 
 
-def measure_costs(recipe: recipe_lib.Recipe, n_classes: int, *, fresh_process: bool = True) -> dict:
+def measure_startup() -> Optional[float]:
+    """Seconds this process takes to import TensorFlow, Keras and keras_tl.train, what each run's fresh
+    process pays; None when they are imported already (then :func:`measure_costs` starts a process)."""
+    if "tensorflow" in sys.modules:
+        return None
+    t = time.perf_counter()
+    import keras  # noqa: F401
+    import tensorflow  # noqa: F401
+
+    import keras_tl.train  # noqa: F401
+    return round(time.perf_counter() - t, 3)
+
+
+def measure_costs(recipe: recipe_lib.Recipe, n_classes: int, *, fresh_process: bool = True,
+                  startup: Optional[float] = None) -> dict:
     """This machine's training cost for ``recipe``, measured now (seconds).
 
     ``seconds_per_image``: a training step of every layer, per image (the measurement of
     :func:`keras_tl.study.plan.measure_seconds_per_image`, made here on the same model so it is built
     once); ``eval_seconds_per_image``: a forward pass per image; and what every run pays once per
-    process or phase whatever its data size: ``startup`` (a fresh ``python -c "import keras_tl.train"``,
-    which each run pays when runs are subprocesses), ``build`` (the model), ``trace_train`` and
-    ``trace_eval`` (the first step minus a steady one: graph tracing, once per phase), ``export``
+    process or phase whatever its data size: ``startup`` (a fresh python importing TensorFlow and keras_tl.train,
+    which each run pays when runs are subprocesses; ``startup`` when given, as :func:`measure_startup`
+    measured it), ``build`` (the model), ``trace_train``, ``trace_head`` (only the head
+    training) and ``trace_eval`` (the first step minus a steady one: graph tracing, once per phase), ``export``
     (saving the .keras model).
     """
     import subprocess
@@ -309,9 +325,11 @@ def measure_costs(recipe: recipe_lib.Recipe, n_classes: int, *, fresh_process: b
     from keras_tl import model as model_lib
 
     out = {"startup": 0.0}
-    if fresh_process:
+    if fresh_process and startup is not None:
+        out["startup"] = startup
+    elif fresh_process:
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import keras_tl.train"], check=True, stdout=subprocess.DEVNULL,
+        subprocess.run([sys.executable, "-c", "import tensorflow, keras, keras_tl.train"], check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         out["startup"] = time.perf_counter() - t
     # Timing does not depend on the weights' values; "none" keeps this offline.
@@ -320,7 +338,10 @@ def measure_costs(recipe: recipe_lib.Recipe, n_classes: int, *, fresh_process: b
     m = model_lib.build_model(timed, n_classes)
     out["build"] = time.perf_counter() - t
     m.trainable = True
-    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    # As keras_tl.distribute resolves it off TPU: "auto" is no XLA (Keras' own "auto" would compile with XLA,
+    # measured 36-56 s for the first step of EfficientNet-Lite0 at 32 px, which the runs never pay).
+    jit = recipe.train.jit_compile if isinstance(recipe.train.jit_compile, bool) else False
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=jit)
     h, w = recipe.data.image_size
     bs = recipe.data.batch_size
     x = np.random.default_rng(0).uniform(0, 255, (bs, h, w, recipe.data.channels)).astype("float32")
@@ -339,6 +360,11 @@ def measure_costs(recipe: recipe_lib.Recipe, n_classes: int, *, fresh_process: b
     out["seconds_per_image"], out["trace_train"] = step / bs, max(0.0, first - step)
     first, step = timed_calls(m.test_on_batch, 3)
     out["eval_seconds_per_image"], out["trace_eval"] = step / bs, max(0.0, first - step)
+    # A head-only phase traces its own, smaller train function (measured 14 s vs 43 s for every layer).
+    m.get_layer("backbone").trainable = False
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=jit)
+    first, step = timed_calls(m.train_on_batch, 1)
+    out["trace_head"] = max(0.0, first - step)
     with tempfile.TemporaryDirectory(prefix="keras_tl_ask_") as tmp:
         t = time.perf_counter()
         m.save(os.path.join(tmp, "model.keras"))
@@ -352,8 +378,9 @@ def run_fixed_seconds(costs: dict, recipe: recipe_lib.Recipe, n_eval: int) -> fl
     val and test once more), and export."""
     phases = recipe.train.phases
     epochs = sum(ph.epochs for ph in phases)
-    return (costs["startup"] + costs["build"] + len(phases) * (costs["trace_train"] + costs["trace_eval"])
-            + costs["trace_eval"] + costs["export"] + n_eval * (epochs + 1) * costs["eval_seconds_per_image"])
+    traces = sum(costs["trace_head"] if ph.trainable == "head" else costs["trace_train"] for ph in phases)
+    return (costs["startup"] + costs["build"] + traces + (len(phases) + 1) * costs["trace_eval"] + costs["export"]
+            + n_eval * (epochs + 1) * costs["eval_seconds_per_image"])
 
 
 def eval_images(base: recipe_lib.Recipe, n_images: int) -> int:
@@ -426,7 +453,8 @@ LEVEL_TEXT = ["the main question only (ImageNet vs scratch, all data)", "ImageNe
 def format_costs(costs: dict, fixed_s: float) -> str:
     return (f"ask: cost measured here: {costs['seconds_per_image']:.4g} s per training image, {costs['eval_seconds_per_image']:.4g} "
             f"s per evaluated image; per run ~{fixed_s:.0f} s besides training: start-up {costs['startup']:.1f} s, build "
-            f"{costs['build']:.1f} s, tracing {costs['trace_train']:.1f} s (train) + {costs['trace_eval']:.1f} s (eval) per phase, "
+            f"{costs['build']:.1f} s, tracing per phase {costs['trace_train']:.1f} s (train every layer) or {costs['trace_head']:.1f} s "
+            f"(head only) + {costs['trace_eval']:.1f} s (eval), "
             f"export {costs['export']:.1f} s, evaluation")
 
 
@@ -642,7 +670,7 @@ def calibration(plan, study_dir: str, costs: dict, n_eval: int) -> Optional[dict
     from keras_tl.study import plan as plan_lib
     from keras_tl.study import runner
 
-    seen, est, fixed_seen, fixed_est = [], 0.0, [], 0.0
+    seen, est = [], 0.0
     for r in plan.runs:
         path = os.path.join(runner.run_dir(study_dir, r), "run.json")
         if not runner.is_done(study_dir, r) or not fs.exists(path):
@@ -651,15 +679,11 @@ def calibration(plan, study_dir: str, costs: dict, n_eval: int) -> Optional[dict
         if w.get("this_process") is None:
             continue
         seen.append(w["this_process"] + costs["startup"])
-        fixed_seen.append(seen[-1] - float(w.get("training") or 0.0))
-        f = run_fixed_seconds(costs, r.recipe, n_eval)
-        est += plan_lib.images_per_run(r.recipe, plan.study) * costs["seconds_per_image"] + f
-        fixed_est += f
+        est += plan_lib.images_per_run(r.recipe, plan.study) * costs["seconds_per_image"] + run_fixed_seconds(costs, r.recipe, n_eval)
     if not seen:
         return None
     return {"runs": len(seen), "observed_s": round(sum(seen), 1), "estimated_s": round(est, 1),
-            "ratio": round(sum(seen) / est, 3) if est else None,
-            "fixed_observed_s": round(sum(fixed_seen) / len(seen), 1), "fixed_estimated_s": round(fixed_est / len(seen), 1)}
+            "ratio": round(sum(seen) / est, 3) if est else None}
 
 
 def answer_text(study: dict, extra: List[dict], rec: Optional[dict], notes: List[str], info: dict, backbone: str,
@@ -732,7 +756,7 @@ def _plan_step(state: dict, args, base, info: dict, bad: list, cand: dict, budge
     if "plan" not in state:
         t = time.time()
         # Runs in engine workers or in this process pay no interpreter start-up per run.
-        costs = measure_costs(base, len(info["classes"]),
+        costs = measure_costs(base, len(info["classes"]), startup=state.get("startup_s"),
                               fresh_process=not (args.in_process or args.engine != "local" or args.runs_per_worker > 1))
         state["seconds"]["measure"] = round(time.time() - t, 1)
         save()
@@ -780,6 +804,7 @@ def ask(args, log=print) -> dict:
 
     # 1. data
     if "inspection" not in state:
+        startup = measure_startup()  # before anything imports TensorFlow: a run's own start-up, for the plan
         info = inspect_data(args.data)
         defaults = pick_defaults(info, args.backbone)
         base = base_recipe(args.data, args.backbone, defaults, args.overrides)
@@ -788,6 +813,7 @@ def ask(args, log=print) -> dict:
             defaults["data.on_bad_file"] = "skip"
             base = base_recipe(args.data, args.backbone, defaults, args.overrides)
         state.update(inspection=info, defaults=defaults, bad_files=bad, seconds={"inspect": round(time.time() - t0, 1)})
+        state["startup_s"] = startup  # inside the inspection's seconds, so kept apart from them
         save()
     info, defaults, bad = state["inspection"], state["defaults"], state["bad_files"]
     base = base_recipe(args.data, args.backbone, defaults, args.overrides)
@@ -869,9 +895,9 @@ def finish(state: dict, study: dict, plan, base, workdir: str, study_dir: str, b
     slowdown = cal["ratio"] if cal and cal["ratio"] else 1.0
     notes = budget_notes(study, rec, chance, p["per_seed_s"] * max(1.0, slowdown), p["budget_s"] - p["budget_left_s"])
     if slowdown > 1.2:
-        notes.append(f"The runs took {slowdown:.1f}x the estimate on this machine (per run {cal['fixed_observed_s']:.0f} s "
-                     f"besides training vs {cal['fixed_estimated_s']:.0f} s measured before the study; the rest is training "
-                     "slower than measured, e.g. other load); the budgets above are scaled by that.")
+        notes.append(f"The runs took {slowdown:.1f}x the estimate on this machine ({cal['observed_s'] / cal['runs']:.0f} s per run "
+                     f"vs {cal['estimated_s'] / cal['runs']:.0f} s from the costs measured before the study; other load slows "
+                     "both); the budgets above are scaled by that.")
     state["calibration"] = cal
     text = answer_text(study, extra, rec, notes, state["inspection"], backbone, cost_text, model_path, state["candidates"])
     state["answer"] = {"text": text, "recommended": rec, "model": model_path, "extra_comparisons": extra, "notes": notes,
