@@ -168,7 +168,7 @@ def _ask_args(folder, workdir, *extra):
 @pytest.fixture
 def fakes(monkeypatch):
     """ask with a fake measurement; the probes are set per test."""
-    monkeypatch.setattr(ask, "measure_costs", lambda recipe, n, fresh_process=True: dict(COSTS))
+    monkeypatch.setattr(ask, "measure_costs", lambda recipe, n, **kw: dict(COSTS))
     return monkeypatch
 
 
