@@ -604,7 +604,7 @@ def extra_comparisons(study: dict) -> List[dict]:
 def budget_notes(study: dict, rec: Optional[dict], chance: float, per_seed_s: float, fixed_s: float) -> List[str]:
     """Where the budget was too small, and the budget that would do (from the study's own figures):
     ``per_seed_s`` is the plan's cost per seed of every arm, ``fixed_s`` what ask spent before the study."""
-    from keras_tl.study import sequential
+    from keras_tl.study import sequential, stats
 
     def budget(need):
         return f"~{duration(need)} (--budget {int(need // 60) + 1}m)"
@@ -619,8 +619,8 @@ def budget_notes(study: dict, rec: Optional[dict], chance: float, per_seed_s: fl
     main = [c for c in study["comparisons"] if c.get("n", 0) and _is(c["values"], init="imagenet")]
     full = max((c["values"]["data_fraction"] for c in main), default=None)
     top = next((c for c in main if c["values"]["data_fraction"] == full), None)
-    if top is None or top["verdict"] in ("better", "worse", sequential.EQUIVALENT):
-        return notes
+    if top is None or top["verdict"] in (stats.BETTER, stats.WORSE, stats.BOTH_AT_CHANCE, sequential.EQUIVALENT):
+        return notes  # settled, or both at chance: more seeds would not help (the note above says what would)
     n = top["n"]
     if study.get("adaptive"):
         if top["verdict"] == sequential.OUT_OF_SEEDS:

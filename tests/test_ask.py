@@ -160,6 +160,18 @@ def fake_train(recipe, run_dir):
             "wall_time": 0.1, "seed": recipe.seed}
 
 
+def test_budget_notes_with_adaptive_seeds():
+    main = {"values": {"init": "imagenet", "freeze": "all", "reinit": [], "cut_after": None, "data_fraction": 1.0}, "n": 6}
+    rec = {"lo": 0.8}
+    study = dict(_adaptive_study(), seeds=12)
+    for verdict, says in [("undecided (out of seeds)", "at the maximum of 6 seeds"), ("running", "budget ran out"),
+                          ("undecided (out of budget)", "its maximum of 12 seeds needs ~")]:
+        (note,) = ask.budget_notes(dict(study, comparisons=[dict(main, verdict=verdict)]), rec, 0.5, 100.0, 60.0)
+        assert says in note and "--budget" in note
+    for settled in ("better", "both arms at chance", "equivalent within the margin"):
+        assert ask.budget_notes(dict(study, comparisons=[dict(main, verdict=settled)]), rec, 0.5, 100.0, 60.0) == []
+
+
 def _ask_args(folder, workdir, *extra):
     return ask._parser().parse_args(["--data", folder, "--backbone", "efficientnet_lite0", "--workdir", workdir,
                                      "--set", "data.image_size=[32,32]", *extra])
