@@ -535,7 +535,7 @@ def run_study(plan, study_dir: str, *, shard: Optional[str] = None, in_process: 
     try:
         if plan.study.adaptive:
             res = adaptive.run_adaptive(plan, study_dir, design=plan.study.design(), margin=adaptive.margin(plan),
-                                        shard=shard_t, resume=True, run_fn=run_fn, log=log)
+                                        shard=shard_t, resume=True, run_fn=run_fn, engine=eng, log=log)
         else:
             res = runner.run_plan(plan, study_dir, shard=shard_t, resume=True, run_fn=run_fn, engine=eng, log=log)
         log(f"ask: ran {len(res.ran)}, already done {len(res.skipped_done)}, claimed by other workers {len(res.skipped_claimed)}")

@@ -181,11 +181,11 @@ class RayEngine:
 
 def check_options(*, adaptive: bool, engine: str = "local", runs_per_worker: int = 1, in_process: bool = False) -> None:
     """Refuse, before anything runs, the engine options a study cannot run with (keras_tl.study and
-    keras_tl.ask both call this, so a combination one accepts the other accepts)."""
+    keras_tl.ask both call this, so a combination one accepts the other accepts). Adaptive seeds run
+    on every engine (``adaptive`` is kept so a future restriction has one place to live)."""
+    del adaptive
     if in_process and (engine != "local" or runs_per_worker > 1):
         raise UserError("--in_process is for --engine local with --runs_per_worker 1 (workers run runs in-process already); drop one")
-    if adaptive and (engine != "local" or runs_per_worker != 1):
-        raise UserError("adaptive seeds run on --engine local with --runs_per_worker 1 for now; drop --engine/--runs_per_worker")
 
 
 def make_engine(name: str, *, resources: Optional[Dict[str, float]] = None, address: Optional[str] = None,
