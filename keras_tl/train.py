@@ -1,6 +1,6 @@
 """Train one recipe and export the model.
 
-    python -m keras_tl.train --recipe recipes/telescope.yaml [--set k=v ...] [--workdir DIR]
+    python -m keras_tl.train --recipe recipes/telescope.yaml [--set k=v ...] [--workdir DIR | --resume]
 
 The entry point only parses, validates and delegates (as in TF Model Garden's
 ``official/vision/train.py``): the recipe is loaded and validated before
@@ -439,6 +439,9 @@ def parser() -> argparse.ArgumentParser:
                           overrides="override a recipe key, e.g. --set model.weights=none (repeatable)",
                           workdir="run directory (default runs/<recipe name>/<timestamp>); "
                           "give an unfinished run's directory to resume it")
+    p.add_argument("--resume", action="store_true",
+                   help="resume the newest unfinished run of this recipe (same --set values) under "
+                   "runs/<recipe name>/; exit status 2 if there is none")
     p.add_argument("--tpu", help="TPU name (overrides train.tpu.name); 'local' on a TPU VM")
     p.add_argument("--tpu_zone", help="TPU zone (overrides train.tpu.zone)")
     p.add_argument("--tpu_project", help="GCP project (overrides train.tpu.project)")
@@ -454,12 +457,27 @@ def _main(args) -> None:
     if not args.recipe:
         raise UserError("--recipe is required, e.g. python -m keras_tl.train --recipe recipes/smoke.yaml")
     tpu_flags = {k: v for k, v in (("name", args.tpu), ("zone", args.tpu_zone), ("project", args.tpu_project)) if v}
+    if args.resume and args.workdir:
+        raise UserError("--resume and --workdir: give one (--workdir DIR resumes the run in DIR; --resume finds "
+                        "the newest unfinished run of the recipe under runs/<recipe name>/)")
     recipe = recipe_lib.load(args.recipe, args.overrides)
-    workdir = args.workdir or checkpoint.default_workdir(recipe)
-    resume = ["--recipe", args.recipe, *[a for o in args.overrides for a in ("--set", o)], "--workdir", workdir]
-    resume += [a for k, v in (("--tpu", args.tpu), ("--tpu_zone", args.tpu_zone), ("--tpu_project", args.tpu_project)) if v
-               for a in (k, v)]
-    cli.set_resume_command(cli.command_line("keras_tl.train", resume))
+    workdir = checkpoint.latest_unfinished(recipe) if args.resume else args.workdir or checkpoint.default_workdir(recipe)
+    same = ["--recipe", args.recipe, *[a for o in args.overrides for a in ("--set", o)]]
+    tpu = [a for k, v in (("--tpu", args.tpu), ("--tpu_zone", args.tpu_zone), ("--tpu_project", args.tpu_project)) if v
+           for a in (k, v)]
+
+    def resume_command() -> str:
+        # --resume is the shorter equivalent while this run lives under the default root and is
+        # still the newest unfinished run of its recipe there (checked at Ctrl-C time).
+        if not args.workdir:
+            try:
+                if checkpoint.latest_unfinished(recipe) == workdir:
+                    return cli.command_line("keras_tl.train", [*same, "--resume", *tpu])
+            except (UserError, OSError):
+                pass
+        return cli.command_line("keras_tl.train", [*same, "--workdir", workdir, *tpu])
+
+    cli.set_resume_command(resume_command)
     run(recipe, workdir, tpu_flags=tpu_flags or None)
 
 
