@@ -41,6 +41,16 @@ def test_a_phase_at_chance_warns_with_its_likely_cause(history, rows, recipe, ph
     assert warning and needle in warning, warning
 
 
+def test_bn_lag_advice_gives_a_momentum_for_the_steps_run():
+    history = {"val_accuracy": [0.1, 0.12], "val_loss": [2.5, 2.4], "accuracy": [0.5, 0.7]}
+    short = train.chance_warning(history, VAL, 10, _phase(), _recipe(), ALL, bn=(0.99, 150))
+    assert "after 150 steps at momentum 0.99 they still weigh their initial values by 0.22: set model.bn_momentum to 0.96" in short
+    # Long enough for the statistics to have caught up, or no BN training: the general advice.
+    for bn in ((0.99, 1000), (None, 10), None):
+        text = train.chance_warning(history, VAL, 10, _phase(), _recipe(), ALL, bn=bn)
+        assert "BatchNorm moving statistics" in text and "lower model.bn_momentum, e.g. 0.9" in text, text
+
+
 def test_a_phase_that_learned_does_not_warn():
     history = {"val_accuracy": [0.2, 0.45], "val_loss": [2.1, 1.5], "accuracy": [0.3, 0.5]}
     assert train.chance_warning(history, VAL, 10, _phase(), _recipe(), ALL) is None
@@ -95,8 +105,8 @@ def _stripes(root, per_class: int = 48, size: int = 32) -> str:
 
 def test_a_real_run_with_lagging_batchnorm_statistics_warns_and_names_them(tmp_path, recipe_file):
     """A real run, not a made-up history: a from-scratch MobileNetV3-Small (cut after block2), every
-    layer training, 2 epochs of 5 steps. At the backbone's BN momentum (0.99) the moving statistics
-    still weigh their initial values by 0.99**10 = 0.90: training-mode accuracy reaches ~1.0 while
+    layer training, 2 epochs of 5 steps. At the backbone's BN momentum (0.999) the moving statistics
+    still weigh their initial values by 0.999**10 = 0.99: training-mode accuracy reaches ~1.0 while
     validation (inference mode) stays at chance, and the phase's warning names BN lag. The control,
     the same run at bn_momentum 0.5, learns in inference mode too and does not warn, so the lag is
     the cause."""
@@ -119,5 +129,9 @@ def test_a_real_run_with_lagging_batchnorm_statistics_warns_and_names_them(tmp_p
     assert max(history["accuracy"]) > 0.9 and max(history["val_accuracy"]) <= 0.5, history
     assert len(warnings) == 1 and "validation accuracy stayed at chance" in warnings[0], warnings
     assert "BatchNorm moving statistics lag behind the weights" in warnings[0], warnings[0]
+    # With the numbers, read from the model: keras.applications' MobileNetV3 builds its BN layers
+    # with momentum 0.999; 10 steps leave the initial values a weight of 0.99; 0.01**(1/10) = 0.63.
+    assert ("after 10 steps at momentum 0.999 they still weigh their initial values by 0.99: "
+            "set model.bn_momentum to 0.63 or lower") in warnings[0], warnings[0]
     history, warnings = results["0.5"]
     assert max(history["val_accuracy"]) > 0.9 and not warnings, (history, warnings)
