@@ -14,6 +14,10 @@ recipes/smoke.yaml (two phases of one epoch: head, then fine-tune) with the back
 stage, by default as the test suite's tiny model), image size and image count given here, augmentation off, arms ``freeze: [head_only, all]`` and runs/2 seeds; warm workers
 (``--runs_per_worker``) keep TensorFlow's start-up out of the wall time. The workdirs are
 deleted afterwards unless ``--keep DIR`` is given.
+
+Measured on 2026-12-01 (2 cores shared, load average 5-7): the default 32 runs took 19 + 11 min
+wall, 37.5 MB with checkpoints kept vs 24.9 MB pruned; ``--runs 2 --cut_after null --backbone
+resnet50`` took 5 + 3 min, 999.5 MB vs 546.6 MB.
 """
 
 from __future__ import annotations
