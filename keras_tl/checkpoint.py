@@ -39,6 +39,40 @@ def default_workdir(recipe: recipe_lib.Recipe) -> str:
     return os.path.join("runs", recipe.name, stamp)
 
 
+def latest_unfinished(recipe: recipe_lib.Recipe) -> str:
+    """The newest unfinished run of ``recipe`` under its default root ``runs/<name>/`` (what
+    ``train --resume`` resumes): a run directory without ``DONE`` whose stored recipe is ``recipe``
+    (:func:`keras_tl.recipe.same_recipe`, so ``--set`` values count), newest by start (the
+    modification time of its ``recipe.yaml``, written once when the run starts).
+
+    A :class:`WorkdirError` when there is none, saying what the root holds instead.
+    """
+    root = os.path.dirname(default_workdir(recipe))
+    finished = other = 0
+    found = []
+    names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    for name in names:
+        path = os.path.join(root, name)
+        recipe_path = os.path.join(path, "recipe.yaml")
+        if not os.path.isfile(recipe_path):
+            continue
+        if os.path.exists(os.path.join(path, DONE)):
+            finished += 1
+            continue
+        stored = fs.read_text(recipe_path)
+        if stored != recipe_lib.dump(recipe) and not recipe_lib.same_recipe(stored, recipe):
+            other += 1
+            continue
+        found.append((os.path.getmtime(recipe_path), name, path))
+    if found:
+        return max(found)[2]
+    held = [f"{finished} finished" if finished else "", f"{other} unfinished of a different recipe or --set values" if other else ""]
+    held = " and ".join(h for h in held if h)
+    raise WorkdirError(f"--resume: no unfinished run of this recipe under {root}"
+                       + (f" ({held})" if held else " (relative to the current directory)")
+                       + "; start a new run by leaving out --resume, or resume a run by its --workdir")
+
+
 def prepare_workdir(workdir: str, recipe: recipe_lib.Recipe) -> bool:
     """Check, then create the run directory. Returns True when resuming an unfinished run.
 

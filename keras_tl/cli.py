@@ -24,7 +24,7 @@ import shlex
 import sys
 import tempfile
 import warnings
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 from keras_tl.errors import UserError
 
@@ -40,7 +40,7 @@ _IMPORT_NOISE = re.compile(
     r"To enable the following instructions:|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IW] )"
 )
 
-_resume_command: Optional[str] = None
+_resume_command: Union[None, str, Callable[[], str]] = None
 
 
 def verbose() -> bool:
@@ -126,8 +126,9 @@ def command_line(module: str, args: Sequence[str]) -> str:
     return " ".join(["python", "-m", module, *(shlex.quote(str(a)) for a in args)])
 
 
-def set_resume_command(command: Optional[str]) -> None:
-    """The command printed if the user presses Ctrl-C from now on (None: just "interrupted")."""
+def set_resume_command(command: Union[None, str, Callable[[], str]]) -> None:
+    """The command printed if the user presses Ctrl-C from now on (None: just "interrupted"); a
+    callable is asked at Ctrl-C time (the shortest equivalent command may change as the run goes)."""
     global _resume_command
     _resume_command = command
 
@@ -149,7 +150,8 @@ def run(fn, *args, **kwargs) -> int:
         print_error(e)
         return USAGE_ERROR
     except KeyboardInterrupt:
-        how = f"; resume with: {_resume_command}" if _resume_command else ""
+        command = _resume_command() if callable(_resume_command) else _resume_command
+        how = f"; resume with: {command}" if command else ""
         print(f"\ninterrupted{how}", file=sys.stderr, flush=True)
         return INTERRUPTED
     return 0 if status is None else int(status)

@@ -190,7 +190,7 @@ class ModelConfig:
     # with random init never normalises (running stats stay 0/1) and a scratch arm would be crippled.
     bn: Literal["auto", "frozen", "train"] = "auto"
     # Momentum of the backbone's BN moving statistics where BN trains. null: what the backbone was
-    # built with (0.99 for every registry backbone, as keras.applications). Short runs from scratch
+    # built with (as keras.applications: 0.99; 0.999 for MobileNetV3). Short runs from scratch
     # need less: after 150 steps at 0.99 the statistics still weigh their initial values by 0.22 and
     # a from-scratch EfficientNet-Lite0 scored chance in inference mode while it learned in training
     # mode (README "Evidence"); 0.9 is PyTorch's default (its momentum=0.1).

@@ -1,6 +1,6 @@
 """Train one recipe and export the model.
 
-    python -m keras_tl.train --recipe recipes/telescope.yaml [--set k=v ...] [--workdir DIR]
+    python -m keras_tl.train --recipe recipes/telescope.yaml [--set k=v ...] [--workdir DIR | --resume]
 
 The entry point only parses, validates and delegates (as in TF Model Garden's
 ``official/vision/train.py``): the recipe is loaded and validated before
@@ -200,7 +200,8 @@ def train_phase(model, index: int, phase: recipe_lib.Phase, ctx: Context) -> dic
     history = (checkpoint.read_csv_log(checkpoint.csv_log_path(ctx.out, index, label))
                or {k: [float(v) for v in vals] for k, vals in hist.history.items()})
     epochs_run = len(next(iter(history.values()), []))
-    warning = chance_warning(history, ctx.datasets.class_counts.get("val"), num_outputs, phase, recipe, rows)
+    warning = chance_warning(history, ctx.datasets.class_counts.get("val"), num_outputs, phase, recipe, rows,
+                             bn=(_bn_momentum(model), epochs_run * steps_per_epoch))
     if warning:
         ctx.log(f"keras_tl: WARNING: {where}: {warning}")
     return {
@@ -239,9 +240,26 @@ def _progress(index: int, recipe: recipe_lib.Recipe, ctx: Context):
     return Progress()
 
 
-def chance_warning(history: dict, val_class_counts, num_outputs: int, phase, recipe, rows) -> Optional[str]:
+def _bn_momentum(model) -> Optional[float]:
+    """The highest momentum among the model's trainable BatchNormalization layers (None: none train)."""
+    import keras
+
+    found, stack = [], list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+            found.append(float(layer.momentum))
+        stack.extend(getattr(layer, "layers", []))
+    return max(found) if found else None
+
+
+def chance_warning(history: dict, val_class_counts, num_outputs: int, phase, recipe, rows,
+                   bn: Optional[tuple] = None) -> Optional[str]:
     """What it means when a phase's validation accuracy never left chance (the majority-class rate)
-    or its validation loss never left ln(classes) (uniform predictions); None when it learned."""
+    or its validation loss never left ln(classes) (uniform predictions); None when it learned.
+
+    ``bn``: (momentum of the trainable BN layers or None, training steps in this phase), for the
+    numbers of the BN-lag advice."""
     if num_outputs < 2 or not val_class_counts or not history.get("val_accuracy"):
         return None
     n_val, k = sum(val_class_counts), len(val_class_counts)
@@ -261,8 +279,16 @@ def chance_warning(history: dict, val_class_counts, num_outputs: int, phase, rec
     if phase.lr == 0:
         why = "the learning rate is 0: set this phase's lr"
     elif train_acc > chance + max(0.1, 2 * margin):
+        momentum, steps = bn or (None, 0)
+        stale = momentum ** steps if momentum and steps else 0.0
+        # The moving statistics weigh their initial values by momentum**steps. Measured on a real
+        # 10-step run (tests/test_progress.py's stripes): a weight of 0.095 (momentum 0.79) still
+        # scored chance in inference mode, 0.0098 (momentum 0.63) scored 1.0; so aim at 0.01.
+        fix = (f"after {steps} steps at momentum {momentum:g} they still weigh their initial values by {stale:.2f}: "
+               f"set model.bn_momentum to {math.floor(100 * 0.01 ** (1 / steps)) / 100:g} or lower, or train more steps"
+               if stale > 0.01 else "lower model.bn_momentum, e.g. 0.9, or train more epochs")
         why = (f"training accuracy reached {train_acc:.3f}, so the model learns in training mode but not in inference mode: "
-               "BatchNorm moving statistics lag behind the weights (lower model.bn_momentum, e.g. 0.9, or train more epochs)")
+               f"BatchNorm moving statistics lag behind the weights ({fix})")
     elif backbone_frozen and recipe.model.weights == "none":
         why = ("the head is trained on a frozen, randomly initialised backbone, whose features carry little; "
                "train backbone stages in this phase or use pretrained weights (model.weights: imagenet or a file)")
@@ -439,6 +465,9 @@ def parser() -> argparse.ArgumentParser:
                           overrides="override a recipe key, e.g. --set model.weights=none (repeatable)",
                           workdir="run directory (default runs/<recipe name>/<timestamp>); "
                           "give an unfinished run's directory to resume it")
+    p.add_argument("--resume", action="store_true",
+                   help="resume the newest unfinished run of this recipe (same --set values) under "
+                   "runs/<recipe name>/; exit status 2 if there is none")
     p.add_argument("--tpu", help="TPU name (overrides train.tpu.name); 'local' on a TPU VM")
     p.add_argument("--tpu_zone", help="TPU zone (overrides train.tpu.zone)")
     p.add_argument("--tpu_project", help="GCP project (overrides train.tpu.project)")
@@ -454,12 +483,27 @@ def _main(args) -> None:
     if not args.recipe:
         raise UserError("--recipe is required, e.g. python -m keras_tl.train --recipe recipes/smoke.yaml")
     tpu_flags = {k: v for k, v in (("name", args.tpu), ("zone", args.tpu_zone), ("project", args.tpu_project)) if v}
+    if args.resume and args.workdir:
+        raise UserError("--resume and --workdir: give one (--workdir DIR resumes the run in DIR; --resume finds "
+                        "the newest unfinished run of the recipe under runs/<recipe name>/)")
     recipe = recipe_lib.load(args.recipe, args.overrides)
-    workdir = args.workdir or checkpoint.default_workdir(recipe)
-    resume = ["--recipe", args.recipe, *[a for o in args.overrides for a in ("--set", o)], "--workdir", workdir]
-    resume += [a for k, v in (("--tpu", args.tpu), ("--tpu_zone", args.tpu_zone), ("--tpu_project", args.tpu_project)) if v
-               for a in (k, v)]
-    cli.set_resume_command(cli.command_line("keras_tl.train", resume))
+    workdir = checkpoint.latest_unfinished(recipe) if args.resume else args.workdir or checkpoint.default_workdir(recipe)
+    same = ["--recipe", args.recipe, *[a for o in args.overrides for a in ("--set", o)]]
+    tpu = [a for k, v in (("--tpu", args.tpu), ("--tpu_zone", args.tpu_zone), ("--tpu_project", args.tpu_project)) if v
+           for a in (k, v)]
+
+    def resume_command() -> str:
+        # --resume is the shorter equivalent while this run lives under the default root and is
+        # still the newest unfinished run of its recipe there (checked at Ctrl-C time).
+        if not args.workdir:
+            try:
+                if checkpoint.latest_unfinished(recipe) == workdir:
+                    return cli.command_line("keras_tl.train", [*same, "--resume", *tpu])
+            except (UserError, OSError):
+                pass
+        return cli.command_line("keras_tl.train", [*same, "--workdir", workdir, *tpu])
+
+    cli.set_resume_command(resume_command)
     run(recipe, workdir, tpu_flags=tpu_flags or None)
 
 

@@ -48,7 +48,7 @@ def test_tensorflow_start_up_is_quiet_unless_verbose(tmp_path):
 
 
 @pytest.mark.parametrize("module, own_flags", [
-    ("keras_tl.train", ["--recipe", "--set", "--workdir", "runs/<recipe name>/<timestamp>"]),
+    ("keras_tl.train", ["--recipe", "--set", "--workdir", "runs/<recipe name>/<timestamp>", "--resume"]),
     ("keras_tl.study", ["--recipe", "--set", "--workdir", "runs/studies/<recipe name>", "--resume", "--shard"]),
     ("keras_tl.probe", ["--recipe", "--weights", "--compare"]),
     ("keras_tl.visualize", ["--model", "--out", "--maps"]),
@@ -91,9 +91,22 @@ def test_only_cli_py_prints_error_lines():
         assert 'print(f"error' not in text and "sys.exit(2)" not in text, path
 
 
+def _plant_run(directory, recipe_path, overrides, done: bool) -> str:
+    """A run directory as train leaves it (recipe.yaml, DONE if ``done``), without training; its path."""
+    from keras_tl import recipe as recipe_lib
+
+    directory.mkdir(parents=True)
+    (directory / "recipe.yaml").write_text(recipe_lib.dump(recipe_lib.load(recipe_path, overrides)))
+    if done:
+        (directory / "DONE").write_text("planted\n")
+    return str(directory)
+
+
 def test_ctrl_c_prints_one_line_with_the_command_that_resumes(tmp_path, tiny, recipe_file):
     """Ctrl-C (SIGINT at the end of phase 1) prints one line naming the exact resume command, exit 130,
-    no traceback; that command resumes the run and finishes it."""
+    no traceback; that command (train --resume, the run being the newest unfinished one of its
+    recipe) resumes the run and finishes it, passing over a newer finished run of the same recipe
+    and a newer unfinished run with another --set value."""
     raw = tiny()
     raw["train"]["phases"] = [{"name": "head", "trainable": "head", "epochs": 1, "lr": 3e-3},
                               {"name": "ft", "trainable": "all", "epochs": 1, "lr": 1e-4}]
@@ -109,14 +122,55 @@ def test_ctrl_c_prints_one_line_with_the_command_that_resumes(tmp_path, tiny, re
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     prefix = "interrupted; resume with: python -m keras_tl.train "
-    assert lines[0].startswith(prefix) and "--set seed=4" in lines[0] and "--workdir runs/tiny/" in lines[0], lines[0]
+    assert lines[0] == f"{prefix}--recipe {recipe} --set seed=4 --resume", lines[0]
+    (run_dir,) = [p for p in (tmp_path / "runs" / "tiny").iterdir()]
+    finished = _plant_run(tmp_path / "runs" / "tiny" / "99990101-000000", recipe, ["seed=4"], done=True)
+    other_set = _plant_run(tmp_path / "runs" / "tiny" / "99990101-000001", recipe, ["seed=5"], done=False)
     import shlex
 
     env.pop("KERAS_TL_FAULT")
     again = subprocess.run([sys.executable, "-m", "keras_tl.train", *shlex.split(lines[0][len(prefix):])],
                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "resuming" in again.stdout and "phase 1/2 already done" in again.stdout, again.stdout
+    assert f"resuming the unfinished run in runs/tiny/{run_dir.name}" in again.stdout, again.stdout
+    assert "phase 1/2 already done" in again.stdout and (run_dir / "DONE").exists(), again.stdout
+    assert sorted(os.listdir(finished)) == ["DONE", "recipe.yaml"] and os.listdir(other_set) == ["recipe.yaml"]
+
+
+def test_train_resume_refuses_when_nothing_matches_and_with_workdir(tmp_path, tiny, recipe_file):
+    """--resume with no unfinished run of the recipe (one finished, one with another --set) and
+    --resume with --workdir: one line each, exit status 2, nothing written."""
+    recipe = recipe_file(tmp_path, tiny())
+    _plant_run(tmp_path / "runs" / "tiny" / "20260101-000000", recipe, [], done=True)
+    _plant_run(tmp_path / "runs" / "tiny" / "20260101-000001", recipe, ["seed=5"], done=False)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    for extra, needle in (([], "--resume: no unfinished run of this recipe under runs/tiny (1 finished and 1 unfinished "
+                                "of a different recipe or --set values); start a new run by leaving out --resume"),
+                          (["--workdir", "runs/tiny/20260101-000001"], "--resume and --workdir: give one")):
+        proc = subprocess.run([sys.executable, "-m", "keras_tl.train", "--recipe", recipe, "--resume", *extra],
+                              capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {needle}"), proc.stderr
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_latest_unfinished_is_the_newest_started_run_of_the_same_recipe(tmp_path, tiny, recipe_file, monkeypatch):
+    from keras_tl import checkpoint
+    from keras_tl import recipe as recipe_lib
+
+    recipe = recipe_file(tmp_path, tiny())
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs" / "tiny"
+    old = _plant_run(runs / "b-started-first", recipe, ["seed=5"], done=False)
+    new = _plant_run(runs / "a-started-later", recipe, ["seed=5"], done=False)
+    _plant_run(runs / "c-newest-but-done", recipe, ["seed=5"], done=True)
+    os.utime(os.path.join(old, "recipe.yaml"), (1_000_000, 1_000_000))
+    os.utime(os.path.join(new, "recipe.yaml"), (2_000_000, 2_000_000))
+    assert checkpoint.latest_unfinished(recipe_lib.load(recipe, ["seed=5"])) == os.path.join("runs", "tiny", "a-started-later")
+    # A value set to its default is the same recipe (recipe.same_recipe), not a different --set.
+    assert checkpoint.latest_unfinished(recipe_lib.load(recipe, ["seed=5", "train.keep_checkpoints=false"])).endswith("a-started-later")
 
 
 def test_tensorflow_op_errors_lose_their_graph_internals():
