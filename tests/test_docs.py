@@ -7,6 +7,7 @@ import re
 from keras_tl import recipe as recipe_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCALE_DOC = os.path.join("docs", "studies_at_scale.md")
 
 
 def readme_block(after: str) -> str:
@@ -37,22 +38,22 @@ def test_readme_per_stage_table_is_what_telescope_yaml_prints():
     assert got == want, f"README.md's table is stale; replace it with:\n{want}"
 
 
-def _block(after: str, lang: str) -> str:
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+def _block(after: str, lang: str, path: str = "README.md") -> str:
+    text = open(os.path.join(ROOT, path), encoding="utf-8").read()
     m = re.search(rf"```{lang}\n(.*?)```", text[text.index(after):], re.S)
     assert m, (after, lang)
     return m.group(1)
 
 
 def test_readme_kubernetes_job_and_sbatch_array_run_every_shard():
-    """The README's Indexed Job and sbatch array are valid as written: each index gets its own shard of
+    """docs/studies_at_scale.md's Indexed Job and sbatch array are valid as written: each index gets its own shard of
     the study (N = completions = array length), and the command parses as keras_tl.study's."""
     import yaml
 
     from keras_tl.study import __main__ as study_cli
     from keras_tl.study import runner
 
-    job = yaml.safe_load(_block("Scheduler arrays", "yaml"))
+    job = yaml.safe_load(_block("Scheduler arrays", "yaml", SCALE_DOC))
     assert job["apiVersion"] == "batch/v1" and job["kind"] == "Job"
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed" and spec["podReplacementPolicy"] == "Failed"  # one attempt per index at a time
@@ -67,7 +68,7 @@ def test_readme_kubernetes_job_and_sbatch_array_run_every_shard():
     assert [tuple(s) for s in shards] == [(i, n) for i in range(n)]
     assert any(args.workdir.startswith(m["mountPath"]) for m in container["volumeMounts"])  # the shared volume
 
-    sbatch = _block("Scheduler arrays", "bash")
+    sbatch = _block("Scheduler arrays", "bash", SCALE_DOC)
     array = re.search(r"#SBATCH --array=(\d+)-(\d+)", sbatch)
     lo, hi = int(array.group(1)), int(array.group(2))
     cmd = re.search(r"python -m keras_tl.study (.*)", sbatch.replace("\\\n", " ")).group(1).split()
@@ -76,3 +77,18 @@ def test_readme_kubernetes_job_and_sbatch_array_run_every_shard():
     env = {"SLURM_ARRAY_TASK_MIN": str(lo), "SLURM_ARRAY_TASK_COUNT": str(hi - lo + 1)}
     shards = [runner.resolve_shard(args.shard, {**env, "SLURM_ARRAY_TASK_ID": str(i)}) for i in range(lo, hi + 1)]
     assert [tuple(s) for s in shards] == [(i, hi - lo + 1) for i in range(hi - lo + 1)]
+
+
+def test_readme_evidence_table_is_what_the_committed_studies_say():
+    """The Evidence verdict table is tools/evidence_table.py's output on the committed study.json files
+    named in its marker, so a number in it cannot drift from its study."""
+    import importlib.util
+
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    m = re.search(r"<!-- evidence-table: (.*?) -->\n(.*?)\n<!-- /evidence-table -->", text, re.S)
+    assert m, "README.md has no <!-- evidence-table: DIR... --> block"
+    spec = importlib.util.spec_from_file_location("evidence_table", os.path.join(ROOT, "tools", "evidence_table.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    want = tool.table([os.path.join(ROOT, d) for d in m.group(1).split()])
+    assert m.group(2) == want, f"README.md's evidence table is stale; replace it with:\n{want}"
