@@ -6,7 +6,8 @@
 Copies plan.json and, for every finished run (DONE), its small records (DONE, metrics.json,
 run.json, state.json, recipe.yaml, the per-phase CSV logs and confusion matrices; never weights,
 exports or logs of the child process) to ``OUT/records``, then writes the study's report from those
-records alone into ``OUT`` (report.md, report.html, study.json, plots/). The live workdir is only
+records alone into ``OUT`` (report.md, study.json, plots/; report.html, which embeds the same plots,
+is left out: ``keras_tl.study --report_only --workdir OUT/records`` rebuilds it). The live workdir is only
 read, so a running study is undisturbed. ``OUT/records`` restores a workdir for ``--resume``
 elsewhere: ``cp -r OUT/records/* WORKDIR/``.
 """
@@ -47,8 +48,9 @@ def snapshot(plan, workdir: str, out: str) -> dict:
             if is_record(name) and os.path.isfile(os.path.join(src, name)):
                 shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
     paths = report.build_report(plan, records)
-    for name in ("report.md", "report.html", "study.json"):
-        os.replace(paths[name.split(".")[1] if name != "study.json" else "json"], os.path.join(out, name))
+    os.replace(paths["md"], os.path.join(out, "report.md"))
+    os.replace(paths["json"], os.path.join(out, "study.json"))
+    os.remove(paths["html"])  # the same plots again, base64-embedded; --report_only on the records rebuilds it
     if os.path.exists(os.path.join(out, "plots")):
         shutil.rmtree(os.path.join(out, "plots"))
     os.replace(os.path.join(records, "plots"), os.path.join(out, "plots"))
