@@ -322,6 +322,7 @@ def measure_costs(recipe: recipe_lib.Recipe, n_classes: int, *, fresh_process: b
 
     import numpy as np
 
+    from keras_tl import distribute
     from keras_tl import model as model_lib
 
     out = {"startup": 0.0}
@@ -338,9 +339,7 @@ def measure_costs(recipe: recipe_lib.Recipe, n_classes: int, *, fresh_process: b
     m = model_lib.build_model(timed, n_classes)
     out["build"] = time.perf_counter() - t
     m.trainable = True
-    # As keras_tl.distribute resolves it off TPU: "auto" is no XLA (Keras' own "auto" would compile with XLA,
-    # measured 36-56 s for the first step of EfficientNet-Lite0 at 32 px, which the runs never pay).
-    jit = recipe.train.jit_compile if isinstance(recipe.train.jit_compile, bool) else False
+    jit = distribute.jit_for(recipe)  # as the runs resolve it here (Keras' own "auto" would use XLA on CPU)
     m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=jit)
     h, w = recipe.data.image_size
     bs = recipe.data.batch_size

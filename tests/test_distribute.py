@@ -223,3 +223,18 @@ def test_mirrored_strategy_over_two_logical_cpus_trains_and_exports(tmp_path):
     assert len(result["devices"]) == 2 and all("CPU" in d for d in result["devices"])
     assert len(result["loss"]) == 1 and np.isfinite(result["loss"][0])
     assert result["verification"]["savedmodel_max_abs_diff"] <= 1e-4 and (tmp_path / "export" / "COMPLETE").exists()
+
+
+def test_jit_for_is_how_runs_resolve_auto():
+    """Cost measurements compile as the runs do: auto is XLA on TPU only (Keras's own auto would use XLA on CPU)."""
+    import os
+
+    from keras_tl import distribute
+    from keras_tl import recipe as recipe_lib
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "smoke.yaml")
+    auto = recipe_lib.load(path)
+    assert auto.train.jit_compile == "auto"
+    assert distribute.jit_for(auto) is False and distribute.jit_for(auto, "tpu") is True
+    assert distribute.jit_for(recipe_lib.load(path, ["train.deterministic=true"]), "tpu") is False
+    assert distribute.jit_for(recipe_lib.load(path, ["train.jit_compile=true"])) is True

@@ -774,13 +774,14 @@ def measure_seconds_per_image(recipe: recipe_lib.Recipe, batches: int = 3) -> fl
 
     import numpy as np
 
+    from keras_tl import distribute
     from keras_tl import model as model_lib
 
     # Timing does not depend on the weights' values; "none" keeps this offline.
     timed = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, weights="none", reinit=()))
     m = model_lib.build_model(timed, 2)
     m.trainable = True
-    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=distribute.jit_for(recipe))
     h, w = recipe.data.image_size
     bs = recipe.data.batch_size
     x = np.random.default_rng(0).uniform(0, 255, (bs, h, w, recipe.data.channels)).astype("float32")
