@@ -373,8 +373,9 @@ def measure_costs(recipe: recipe_lib.Recipe, n_classes: int, *, fresh_process: b
 
 def run_fixed_seconds(costs: dict, recipe: recipe_lib.Recipe, n_eval: int) -> float:
     """Seconds one run of ``recipe`` pays besides its training steps: start-up, build, tracing of the
-    train and eval functions in every phase, evaluating ``n_eval`` images (val after every epoch, then
-    val and test once more), and export."""
+    train and eval functions in every phase, evaluating ``n_eval`` images (val and test: charged after
+    every epoch and once more at the end, an upper bound, since only val is evaluated each epoch), and
+    export."""
     phases = recipe.train.phases
     epochs = sum(ph.epochs for ph in phases)
     traces = sum(costs["trace_head"] if ph.trainable == "head" else costs["trace_train"] for ph in phases)
@@ -402,7 +403,9 @@ def estimate(plan, costs: dict, n_eval: int, source: str = "measured on this mac
     images = sum(plan_lib.images_per_run(r.recipe, plan.study) for r in runs)
     fixed = sum(run_fixed_seconds(costs, r.recipe, n_eval) for r in runs)
     cost = plan_lib.estimate_cost(plan, costs["seconds_per_image"], source)
-    return dataclasses.replace(cost, runs=len(runs), images=images, overhead_per_run=round(fixed / max(1, len(runs)), 1),
+    epochs = sum(ph.epochs for r in runs for ph in r.recipe.train.phases)
+    return dataclasses.replace(cost, runs=len(runs), epochs=epochs, images=images,
+                               overhead_per_run=round(fixed / max(1, len(runs)), 1),
                                cpu_seconds=images * costs["seconds_per_image"] + fixed)
 
 
@@ -481,14 +484,17 @@ def study_recipe_text(base: recipe_lib.Recipe, section: dict, study_dir: str) ->
 # ------------------------------------------------------------------ 4. run
 
 
-class OutOfBudget(BaseException):
-    """Raised instead of starting a run that would end after the deadline (the runner releases its claim)."""
+class OutOfBudget(Exception):
+    """Raised instead of starting a run that would end after the deadline (the runner releases its claim).
+    An Exception, so every engine hands it back as the run's error (Ray wraps it in a RayTaskError that
+    keeps it as ``cause``: :func:`_out_of_budget`) rather than as an interrupt."""
 
 
 class DeadlineRun:
     """A study's ``run_fn`` that refuses to start a run when ``now + run_seconds`` (the plan's estimate per
     run, or the longest run seen by this instance if longer) passes ``deadline``. A plain class so
-    that it pickles to engine workers."""
+    that it pickles to engine workers; there each worker holds its own copy, so "the longest run seen"
+    covers only the runs of that worker (with one run per worker, the plan's estimate alone)."""
 
     def __init__(self, inner, deadline: Optional[float], run_seconds: float):
         self.inner, self.deadline, self.longest = inner, deadline, run_seconds
@@ -754,9 +760,10 @@ def _plan_step(state: dict, args, base, info: dict, bad: list, cand: dict, budge
     n_eval = eval_images(base, usable)
     if "plan" not in state:
         t = time.time()
-        # Runs in engine workers or in this process pay no interpreter start-up per run.
-        costs = measure_costs(base, len(info["classes"]), startup=state.get("startup_s"),
-                              fresh_process=not (args.in_process or args.engine != "local" or args.runs_per_worker > 1))
+        # Every run pays an interpreter start-up, except in this process; a warm worker (Ray's max_calls,
+        # the local pool) pays it once per --runs_per_worker runs.
+        costs = measure_costs(base, len(info["classes"]), startup=state.get("startup_s"), fresh_process=not args.in_process)
+        costs["startup"] = costs["startup"] / max(1, args.runs_per_worker)
         state["seconds"]["measure"] = round(time.time() - t, 1)
         save()
         spent = sum(state["seconds"].values())  # inspection, probes and this measurement, in this call or an earlier one

@@ -467,7 +467,8 @@ def parser() -> argparse.ArgumentParser:
                           "give an unfinished run's directory to resume it")
     p.add_argument("--resume", action="store_true",
                    help="resume the newest unfinished run of this recipe (same --set values) under "
-                   "runs/<recipe name>/; exit status 2 if there is none")
+                   "runs/<recipe name>/; exit status 2 if there is none. Not while that run is still "
+                   "training elsewhere (run dirs hold no lock): then resume by --workdir")
     p.add_argument("--tpu", help="TPU name (overrides train.tpu.name); 'local' on a TPU VM")
     p.add_argument("--tpu_zone", help="TPU zone (overrides train.tpu.zone)")
     p.add_argument("--tpu_project", help="GCP project (overrides train.tpu.project)")

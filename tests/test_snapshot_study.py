@@ -4,6 +4,8 @@ import importlib.util
 import json
 import os
 
+import pytest
+
 from keras_tl.study import runner
 from test_study_runner import make_plan  # tests/ is on sys.path (pytest's rootdir-relative import)
 
@@ -46,3 +48,11 @@ def test_snapshot_copies_records_only_and_reports_from_them(tmp_path):
     # The records restore a workdir: --resume there sees the finished runs.
     assert sorted(runner.collect(plan, os.path.join(out, "records"))) == sorted(r.key for r in plan.runs[:4])
     assert _tool().snapshot(plan, wd, out)["runs_done"] == 4  # again: replaces, does not nest
+    # Another plan's recipe is refused, and the snapshot already there survives the refusal.
+    from keras_tl.errors import WorkdirError
+
+    other = make_plan(tmp_path, "freeze: [head_only, all]\nseeds: 2\n")
+    with pytest.raises(WorkdirError):
+        _tool().snapshot(other, wd, out)
+    assert json.load(open(os.path.join(out, "study.json")))["runs_done"] == 4
+    assert sorted(os.listdir(out)) == ["plots", "records", "report.md", "study.json"]

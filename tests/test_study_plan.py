@@ -260,17 +260,23 @@ def test_lite0_budget_study_reuses_the_imagenet_study_runs(tmp_path):
     assert len(pairs) == 24 and all("_x1_" in t.arm_id and s.arm_id.endswith(("_1_data-b8c79cd7", "_1_data-40a2ec21"))
                                     for t, s in pairs)
     src_dir, dst_dir = str(tmp_path / "src"), str(tmp_path / "dst")
+    with pytest.raises(UserError, match="no plan.json"):  # a mistyped source workdir is an error, not "0 finished"
+        tool.reuse(src, src_dir, dst, dst_dir, log=lambda s: None)
+    runner.write_plan(src_dir, src)
     finished = [s for _, s in pairs][:3]
     for s in [r for r in src.runs if r not in [p for _, p in pairs]][:2] + finished:  # other arms' runs too
         d = runner.run_dir(src_dir, s)
-        os.makedirs(d)
+        os.makedirs(os.path.join(d, "checkpoints"))  # being pruned after DONE: never linked
         open(os.path.join(d, runner.DONE), "w").close()
         open(os.path.join(d, runner.METRICS), "w").write("{}")
+    linked = [t for t, s in pairs if s in finished]
+    os.makedirs(runner.run_dir(dst_dir, linked[0]) + ".partial/stale")  # left by a failed earlier call
     out = tool.reuse(src, src_dir, dst, dst_dir, log=lambda s: None)
     assert out == {"linked": 3, "already_present": 0, "source_unfinished": 21, "target_runs": 36}
-    linked = [t for t, s in pairs if s in finished]
     assert all(runner.is_done(dst_dir, t) for t in linked)
-    assert os.stat(os.path.join(runner.run_dir(dst_dir, linked[0]), runner.METRICS)).st_nlink == 2  # hard links, no copy
+    d = runner.run_dir(dst_dir, linked[0])
+    assert sorted(os.listdir(d)) == [runner.DONE, runner.METRICS] and not os.path.exists(d + ".partial")
+    assert os.stat(os.path.join(d, runner.METRICS)).st_nlink == 2  # hard links, no copy
     assert tool.reuse(src, src_dir, dst, dst_dir, log=lambda s: None)["already_present"] == 3
 
 

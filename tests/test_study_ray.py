@@ -127,3 +127,15 @@ def test_ray_with_a_retried_scheduler_index_takes_over_its_claims(tmp_path, loca
                           log=lambda s: None)
     assert sorted(res.ran) == sorted(r.key for r in mine) and not res.failed
     assert sorted(str(p.parent) for p in (tmp_path / "wd").glob("runs/**/DONE")) == sorted(runner.run_dir(wd, r) for r in mine)
+
+
+def test_ask_deadline_stops_a_ray_study_as_partial(tmp_path, local_ray):
+    """ask's deadline on Ray: OutOfBudget, raised inside the task, reaches the driver wrapped in Ray's
+    task error; ask unwraps it, stops the study and answers PARTIAL, with no run started or retried."""
+    from keras_tl import ask
+
+    plan = make_plan(tmp_path, "freeze: [head_only, all]\nseeds: 2\n")
+    study = ask.run_study(plan, str(tmp_path / "s"), engine="ray", deadline=0.0, run_seconds=1.0, inner=effect_run,
+                          log=lambda s: None)
+    assert study["runs_done"] == 0 and ask.is_partial(study)
+    assert not list((tmp_path / "s").glob("runs/*/seed*/attempts"))  # no run started, none retried

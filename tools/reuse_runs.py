@@ -34,22 +34,44 @@ def matches(source_plan, target_plan):
 
 
 def reuse(source_plan, source_dir: str, target_plan, target_dir: str, dry_run: bool = False, log=print) -> dict:
+    """Hard-link every finished source run into the target study (see the module docstring).
+
+    The source workdir must hold ``source_plan`` and the target workdir, if it exists, ``target_plan``
+    (WorkdirError otherwise; a missing source plan.json is a UserError). A run is linked without its
+    ``checkpoints/`` and ``backup/`` (a finished run is never resumed, and they may be being pruned), into
+    ``<run>.partial`` and renamed into place, so a failed or repeated call leaves no half-linked run.
+    """
+    import shutil
+
+    from keras_tl.errors import UserError
     from keras_tl.study import runner
 
+    if not runner.check_plan(source_dir, source_plan):
+        raise UserError(f"--from {source_dir}: holds no study (no plan.json); give the source study's workdir")
+    runner.check_plan(target_dir, target_plan)
     linked, present, unfinished = [], [], []
     for target, source in matches(source_plan, target_plan):
-        if runner.is_done(target_dir, target) or os.path.exists(runner.run_dir(target_dir, target)):
-            present.append(target.key)
+        dst = runner.run_dir(target_dir, target)
+        if os.path.exists(dst) or os.path.exists(runner.claim_path(target_dir, target)):
+            present.append(target.key)  # finished, running or claimed in the target: left alone
             continue
         if not runner.is_done(source_dir, source):
             unfinished.append(target.key)
             continue
-        src, dst = runner.run_dir(source_dir, source), runner.run_dir(target_dir, target)
+        src = runner.run_dir(source_dir, source)
         log(f"reuse: {source.key} -> {target.key}")
         if not dry_run:
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-            subprocess.run(["cp", "-al", src, dst + ".partial"], check=True)
-            os.rename(dst + ".partial", dst)  # a run dir appears whole or not at all
+            partial = dst + ".partial"
+            shutil.rmtree(partial, ignore_errors=True)  # left by an earlier failed call
+            os.makedirs(partial)
+            names = [n for n in sorted(os.listdir(src)) if n not in ("checkpoints", "backup")]
+            proc = subprocess.run(["cp", "-al", *[os.path.join(src, n) for n in names], partial],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise UserError(f"cannot link {src} into {dst}: {proc.stderr.strip()}; nothing was linked for it, rerun to retry")
+            os.rename(partial, dst)  # a run dir appears whole or not at all
         linked.append(target.key)
     return {"linked": len(linked), "already_present": len(present), "source_unfinished": len(unfinished),
             "target_runs": len(target_plan.runs)}

@@ -3,7 +3,7 @@
     python tools/snapshot_study.py --recipe recipes/lite0_imagenet_study.yaml \\
         --workdir runs/studies/lite0_imagenet --out docs/evidence/lite0_imagenet
 
-Copies plan.json and, for every finished run (DONE), its small records (DONE, metrics.json,
+Copies plan.json (and budget.json, probe.json when present) and, for every finished run (DONE), its small records (DONE, metrics.json,
 run.json, state.json, recipe.yaml, the per-phase CSV logs and confusion matrices; never weights,
 exports or logs of the child process) to ``OUT/records``, then writes the study's report from those
 records alone into ``OUT`` (report.md, study.json, plots/; report.html, which embeds the same plots,
@@ -31,15 +31,29 @@ def is_record(name: str) -> bool:
     return name in RECORDS or (name.startswith(RECORD_PREFIXES) and name.endswith(RECORD_SUFFIXES))
 
 
+WORKDIR_FILES = ("plan.json", "budget.json", "probe.json")  # what the report reads besides the runs
+
+
 def snapshot(plan, workdir: str, out: str) -> dict:
-    """Copy the finished runs' records of ``plan`` from ``workdir`` to ``out/records``; report into ``out``."""
+    """Copy the finished runs' records of ``plan`` from ``workdir`` to ``out/records``; report into ``out``.
+
+    Refuses a workdir that holds another plan (WorkdirError) or none (UserError). Everything is
+    built in a temporary directory beside ``out`` and swapped in at the end, so a failure leaves the
+    previous snapshot as it was.
+    """
+    from keras_tl.errors import UserError
     from keras_tl.study import report, runner
 
-    records = os.path.join(out, "records")
-    if os.path.exists(records):
-        shutil.rmtree(records)  # a snapshot replaces the last one: runs are only ever added
+    if not runner.check_plan(workdir, plan):
+        raise UserError(f"--workdir {workdir}: holds no study (no plan.json); give the study's workdir")
+    os.makedirs(out, exist_ok=True)
+    tmp = os.path.join(out, ".snapshot.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    records = os.path.join(tmp, "records")
     os.makedirs(records)
-    shutil.copy2(os.path.join(workdir, "plan.json"), os.path.join(records, "plan.json"))
+    for name in WORKDIR_FILES:
+        if os.path.exists(os.path.join(workdir, name)):
+            shutil.copy2(os.path.join(workdir, name), os.path.join(records, name))
     done = [r for r in plan.runs if runner.is_done(workdir, r)]
     for run in done:
         src, dst = runner.run_dir(workdir, run), runner.run_dir(records, run)
@@ -48,12 +62,16 @@ def snapshot(plan, workdir: str, out: str) -> dict:
             if is_record(name) and os.path.isfile(os.path.join(src, name)):
                 shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
     paths = report.build_report(plan, records)
-    os.replace(paths["md"], os.path.join(out, "report.md"))
-    os.replace(paths["json"], os.path.join(out, "study.json"))
+    os.replace(paths["md"], os.path.join(tmp, "report.md"))
+    os.replace(paths["json"], os.path.join(tmp, "study.json"))
     os.remove(paths["html"])  # the same plots again, base64-embedded; --report_only on the records rebuilds it
-    if os.path.exists(os.path.join(out, "plots")):
-        shutil.rmtree(os.path.join(out, "plots"))
-    os.replace(os.path.join(records, "plots"), os.path.join(out, "plots"))
+    os.replace(os.path.join(records, "plots"), os.path.join(tmp, "plots"))
+    for name in ("records", "plots", "report.md", "study.json"):  # swap in: the snapshot replaces the last one
+        target = os.path.join(out, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(tmp, name), target)
+    os.rmdir(tmp)
     return {"runs_done": len(done), "runs_total": len(plan.runs), "out": out}
 
 
@@ -68,11 +86,8 @@ def main(argv=None) -> int:
     cli.setup_output()
 
     def _main(a):
-        from keras_tl.errors import UserError
         from keras_tl.study import plan as plan_lib
 
-        if not os.path.exists(os.path.join(a.workdir, "plan.json")):
-            raise UserError(f"--workdir {a.workdir}: holds no study (no plan.json)")
         print(json.dumps(snapshot(plan_lib.load_plan(a.recipe), a.workdir, a.out)))
 
     return cli.run(_main, args)
