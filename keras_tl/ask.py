@@ -528,7 +528,7 @@ def run_study(plan, study_dir: str, *, shard: Optional[str] = None, in_process: 
     from keras_tl.study import adaptive, engines, report, runner
     from keras_tl.study import plan as plan_lib
 
-    engines.check_options(adaptive=plan.study.adaptive, engine=engine, runs_per_worker=runs_per_worker, in_process=in_process)
+    engines.check_options(engine=engine, runs_per_worker=runs_per_worker, in_process=in_process)
     problems = plan_lib.missing_weights(plan, fetch=True)
     if problems:
         raise WeightsError(problems[0])
@@ -797,9 +797,8 @@ def ask(args, log=print) -> dict:
 
     t0 = time.time()
     budget_s = parse_budget(args.budget)
-    # ask plans adaptive seeds, so the engine options are checked for them now, with the study's own
-    # rule, before minutes of inspection and probes.
-    engines.check_options(adaptive=True, engine=args.engine, runs_per_worker=args.runs_per_worker, in_process=args.in_process)
+    # The engine options are checked now, with the study's own rule, before minutes of inspection and probes.
+    engines.check_options(engine=args.engine, runs_per_worker=args.runs_per_worker, in_process=args.in_process)
     engines.make_engine(args.engine, address=args.ray_address, runs_per_worker=args.runs_per_worker)  # checks only
     options = _options(args)
     workdir = args.workdir or default_workdir(options)

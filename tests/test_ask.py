@@ -282,7 +282,7 @@ def test_engine_options_are_the_studys(tmp_path, fakes, capsys):
     fakes.setattr(ask, "run_probes", fake_probe(last_in=0.90, last_none=0.55))
     folder = make_folder(str(tmp_path / "imgs"), per_class=6)
     with pytest.raises(UserError) as refused:
-        engines.check_options(adaptive=True, engine="ray", in_process=True)
+        engines.check_options(engine="ray", in_process=True)
     assert cli.run(ask._main, _ask_args(folder, str(tmp_path / "wd"), "--engine", "ray", "--in_process")) == 2
     assert capsys.readouterr().err.strip().endswith(str(refused.value))  # one line, the study's own
     assert not (tmp_path / "wd").exists()  # refused before anything was written

@@ -30,7 +30,8 @@ def training_text(run) -> str:
 def matches(source_plan, target_plan):
     """[(target run, source run)] for every target run whose training recipe a source run has."""
     by_text = {training_text(r): r for r in source_plan.runs}
-    return [(r, by_text[training_text(r)]) for r in target_plan.runs if training_text(r) in by_text]
+    pairs = ((r, by_text.get(training_text(r))) for r in target_plan.runs)
+    return [(r, source) for r, source in pairs if source is not None]
 
 
 def reuse(source_plan, source_dir: str, target_plan, target_dir: str, dry_run: bool = False, log=print) -> dict:

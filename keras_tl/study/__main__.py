@@ -74,7 +74,7 @@ def _run(args, plan, workdir: str, budget):
     """Run this worker's share of the plan (adaptive: in rounds) on the chosen engine."""
     from keras_tl.study import adaptive, engines, runner
 
-    engines.check_options(adaptive=plan.study.adaptive, engine=args.engine, runs_per_worker=args.runs_per_worker,
+    engines.check_options(engine=args.engine, runs_per_worker=args.runs_per_worker,
                           in_process=args.in_process)
     shard = runner.resolve_shard(args.shard)
     engine = engines.make_engine(args.engine, resources=plan.study.resources, address=args.ray_address,

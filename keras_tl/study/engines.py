@@ -179,11 +179,10 @@ class RayEngine:
                 ray.cancel(ref, force=True)
 
 
-def check_options(*, adaptive: bool, engine: str = "local", runs_per_worker: int = 1, in_process: bool = False) -> None:
+def check_options(*, engine: str = "local", runs_per_worker: int = 1, in_process: bool = False) -> None:
     """Refuse, before anything runs, the engine options a study cannot run with (keras_tl.study and
-    keras_tl.ask both call this, so a combination one accepts the other accepts). Adaptive seeds run
-    on every engine (``adaptive`` is kept so a future restriction has one place to live)."""
-    del adaptive
+    keras_tl.ask both call this, so a combination one accepts the other accepts). Adaptive and fixed
+    seeds run on every engine."""
     if in_process and (engine != "local" or runs_per_worker > 1):
         raise UserError("--in_process is for --engine local with --runs_per_worker 1 (workers run runs in-process already); drop one")
 
