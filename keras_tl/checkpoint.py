@@ -9,6 +9,7 @@ Layout of a run directory (written by :mod:`keras_tl.train`)::
     backup/phase<i>/             BackupAndRestore (weights + optimizer state) for mid-phase resume
     log_<i>_<name>.csv           per-epoch history of phase i
     DONE                         written last; a finished run is never overwritten
+    .lock                        held (fcntl) by the process training here; gone once the run is done
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ import io
 import json
 import os
 import shutil
-from typing import Dict, List
+import socket
+import time
+from typing import Dict, List, Optional
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows; the lock is then skipped
+    fcntl = None
 
 from keras_tl import faults, fs
 from keras_tl import recipe as recipe_lib
@@ -29,6 +37,8 @@ from keras_tl.errors import UserError, WorkdirError
 MIN_FREE_BYTES = 200 * 2**20
 DONE = "DONE"
 STATE = "state.json"
+LOCK = ".lock"
+_HELD = set()  # run directories whose lock this process holds
 
 
 # ------------------------------------------------------------------- the directory
@@ -48,7 +58,7 @@ def latest_unfinished(recipe: recipe_lib.Recipe) -> str:
     A :class:`WorkdirError` when there is none, saying what the root holds instead.
     """
     root = os.path.dirname(default_workdir(recipe))
-    finished = other = 0
+    finished = other = busy = 0
     found = []
     names = sorted(os.listdir(root)) if os.path.isdir(root) else []
     for name in names:
@@ -63,14 +73,86 @@ def latest_unfinished(recipe: recipe_lib.Recipe) -> str:
         if stored != recipe_lib.dump(recipe) and not recipe_lib.same_recipe(stored, recipe):
             other += 1
             continue
+        if holder(path) is not None:
+            busy += 1
+            continue
         found.append((os.path.getmtime(recipe_path), name, path))
     if found:
         return max(found)[2]
-    held = [f"{finished} finished" if finished else "", f"{other} unfinished of a different recipe or --set values" if other else ""]
-    held = " and ".join(h for h in held if h)
+    held = [f"{finished} finished" if finished else "", f"{other} unfinished of a different recipe or --set values" if other else "",
+            f"{busy} training now in another process" if busy else ""]
+    held = [h for h in held if h]
+    held = ", ".join(held[:-1]) + " and " + held[-1] if len(held) > 1 else "".join(held)
     raise WorkdirError(f"--resume: no unfinished run of this recipe under {root}"
                        + (f" ({held})" if held else " (relative to the current directory)")
                        + "; start a new run by leaving out --resume, or resume a run by its --workdir")
+
+
+class RunLock:
+    """An exclusive fcntl lock on ``<workdir>/.lock`` for as long as a process trains there, so two
+    processes never train in one run directory (``train --resume`` run twice, or a study's stale
+    claim taken over while its run still lives). Local file systems only: gs:// and other remote
+    run directories are not locked. The holder's pid, host and start time are written in the file
+    for the error message."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self._file = None
+
+    def acquire(self) -> "RunLock":
+        if fcntl is None or fs.is_remote(self.workdir):
+            return self
+        path = os.path.join(self.workdir, LOCK)
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            who = f.read().strip() or "another process"
+            f.close()
+            raise WorkdirError(busy_message(self.workdir, who)) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        self._file = f
+        _HELD.add(os.path.abspath(self.workdir))
+        return self
+
+    def release(self, remove: bool = False) -> None:
+        """Unlock; ``remove`` deletes the lock file too (once the run is DONE, when no one can
+        start training here again)."""
+        if self._file is None:
+            return
+        if remove:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(self.workdir, LOCK))
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+        self._file = None
+        _HELD.discard(os.path.abspath(self.workdir))
+
+
+def busy_message(workdir: str, who: str) -> str:
+    return (f"{workdir}: a run is already training in this directory ({who}); wait for it to finish or stop it, "
+            "or give another --workdir")
+
+
+def holder(workdir: str) -> Optional[str]:
+    """Who holds ``workdir``'s run lock (their pid, host and start), or None when no process trains there."""
+    path = os.path.join(workdir, LOCK)
+    if fcntl is None or fs.is_remote(workdir) or not os.path.exists(path) or os.path.abspath(workdir) in _HELD:
+        return None
+    try:
+        with open(path, "r") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return f.read().strip() or "another process"
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:
+        return None
+    return None
 
 
 def prepare_workdir(workdir: str, recipe: recipe_lib.Recipe) -> bool:
@@ -90,6 +172,9 @@ def check_workdir(workdir: str, recipe: recipe_lib.Recipe) -> bool:
     recipe_path = os.path.join(workdir, "recipe.yaml")
     if fs.exists(os.path.join(workdir, DONE)):
         raise WorkdirError(f"{workdir}: holds a finished run; choose another --workdir or delete this one to retrain")
+    who = holder(workdir)
+    if who is not None:
+        raise WorkdirError(busy_message(workdir, who))
     resuming = fs.exists(recipe_path)
     if resuming:
         stored = fs.read_text(recipe_path)

@@ -56,6 +56,20 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
     resuming = checkpoint.check_workdir(workdir, recipe)
     ctx = preflight(recipe, tpu_flags, log, t_start)
     created = checkpoint.create_workdir(workdir, recipe, resuming)
+    # One process trains in a run directory at a time (non-chief workers write elsewhere).
+    lock = checkpoint.RunLock(workdir)
+    try:
+        if ctx.runtime.is_chief:
+            lock.acquire()  # on failure the directory belongs to the process holding it: nothing is removed
+        metrics = _run_locked(recipe, workdir, ctx, resuming, created, log, t_start)
+    except BaseException:
+        lock.release()
+        raise
+    lock.release(remove=True)
+    return metrics
+
+
+def _run_locked(recipe, workdir, ctx, resuming, created, log, t_start) -> Dict[str, Any]:
     log(f"keras_tl: {'resuming the unfinished run in' if resuming else 'run directory'} {workdir}")
     with checkpoint.removed_on_user_error(workdir, created):
         ctx = dataclasses.replace(ctx, out=_output_dir(workdir, ctx))
@@ -467,8 +481,8 @@ def parser() -> argparse.ArgumentParser:
                           "give an unfinished run's directory to resume it")
     p.add_argument("--resume", action="store_true",
                    help="resume the newest unfinished run of this recipe (same --set values) under "
-                   "runs/<recipe name>/; exit status 2 if there is none. Not while that run is still "
-                   "training elsewhere (run dirs hold no lock): then resume by --workdir")
+                   "runs/<recipe name>/, passing over runs another process is training (run directories are "
+                   "locked while training); exit status 2 if there is none")
     p.add_argument("--tpu", help="TPU name (overrides train.tpu.name); 'local' on a TPU VM")
     p.add_argument("--tpu_zone", help="TPU zone (overrides train.tpu.zone)")
     p.add_argument("--tpu_project", help="GCP project (overrides train.tpu.project)")

@@ -134,6 +134,7 @@ def test_ctrl_c_prints_one_line_with_the_command_that_resumes(tmp_path, tiny, re
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resuming the unfinished run in runs/tiny/{run_dir.name}" in again.stdout, again.stdout
     assert "phase 1/2 already done" in again.stdout and (run_dir / "DONE").exists(), again.stdout
+    assert not (run_dir / ".lock").exists()  # the run lock goes with the finished run
     assert sorted(os.listdir(finished)) == ["DONE", "recipe.yaml"] and os.listdir(other_set) == ["recipe.yaml"]
 
 
@@ -171,6 +172,44 @@ def test_latest_unfinished_is_the_newest_started_run_of_the_same_recipe(tmp_path
     assert checkpoint.latest_unfinished(recipe_lib.load(recipe, ["seed=5"])) == os.path.join("runs", "tiny", "a-started-later")
     # A value set to its default is the same recipe (recipe.same_recipe), not a different --set.
     assert checkpoint.latest_unfinished(recipe_lib.load(recipe, ["seed=5", "train.keep_checkpoints=false"])).endswith("a-started-later")
+
+
+def test_a_run_directory_another_process_trains_in_is_refused_and_skipped(tmp_path, tiny, recipe_file, monkeypatch):
+    """While another process holds a run directory's lock: training there is refused in one line
+    naming the holder, --resume passes it over, and once the holder is gone the lock is free."""
+    from keras_tl import checkpoint
+    from keras_tl import recipe as recipe_lib
+    from keras_tl.errors import WorkdirError
+
+    recipe = recipe_file(tmp_path, tiny())
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs" / "tiny"
+    busy = _plant_run(runs / "b-busy", recipe, [], done=False)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "f.write('pid 4242 on telescope-7, since 2026-12-01 23:59:00'); f.flush(); print('held', flush=True); sys.stdin.read()",
+         os.path.join(busy, ".lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        loaded = recipe_lib.load(recipe, [])
+        with pytest.raises(WorkdirError, match=r"b-busy: a run is already training in this directory \(pid 4242 on telescope-7"):
+            checkpoint.check_workdir(busy, loaded)
+        with pytest.raises(WorkdirError, match="already training"):
+            checkpoint.RunLock(busy).acquire()
+        with pytest.raises(WorkdirError, match=r"\(1 training now in another process\)"):
+            checkpoint.latest_unfinished(loaded)
+        idle = _plant_run(runs / "a-idle", recipe, [], done=False)
+        os.utime(os.path.join(idle, "recipe.yaml"), (1_000_000, 1_000_000))  # older than the busy one
+        assert checkpoint.latest_unfinished(loaded) == os.path.join("runs", "tiny", "a-idle")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert checkpoint.holder(busy) is None
+    assert checkpoint.latest_unfinished(loaded) == os.path.join("runs", "tiny", "b-busy")
+    lock = checkpoint.RunLock(busy).acquire()
+    assert checkpoint.holder(busy) is None  # this process's own lock does not hide the run from it
+    lock.release(remove=True)
+    assert not os.path.exists(os.path.join(busy, ".lock"))
 
 
 def test_tensorflow_op_errors_lose_their_graph_internals():
