@@ -172,9 +172,6 @@ def check_workdir(workdir: str, recipe: recipe_lib.Recipe) -> bool:
     recipe_path = os.path.join(workdir, "recipe.yaml")
     if fs.exists(os.path.join(workdir, DONE)):
         raise WorkdirError(f"{workdir}: holds a finished run; choose another --workdir or delete this one to retrain")
-    who = holder(workdir)
-    if who is not None:
-        raise WorkdirError(busy_message(workdir, who))
     resuming = fs.exists(recipe_path)
     if resuming:
         stored = fs.read_text(recipe_path)
