@@ -71,6 +71,9 @@ def run(recipe: recipe_lib.Recipe, workdir: Optional[str] = None, *, tpu_flags: 
 
 def _run_locked(recipe, workdir, ctx, resuming, created, log, t_start) -> Dict[str, Any]:
     log(f"keras_tl: {'resuming the unfinished run in' if resuming else 'run directory'} {workdir}")
+    trap = recipe_lib.head_first_on_random_backbone(recipe)
+    if trap:
+        log(f"keras_tl: WARNING: {trap}")
     with checkpoint.removed_on_user_error(workdir, created):
         ctx = dataclasses.replace(ctx, out=_output_dir(workdir, ctx))
         model = _build_model(ctx)

@@ -257,7 +257,7 @@ def test_lite0_budget_study_reuses_the_imagenet_study_runs(tmp_path):
     src = plan_lib.load_plan(os.path.join(_REPO_RECIPES, "lite0_imagenet_study.yaml"))
     dst = plan_lib.load_plan(os.path.join(_REPO_RECIPES, "lite0_budget_study.yaml"))
     pairs = tool.matches(src, dst)
-    assert len(pairs) == 24 and all("_x1_" in t.arm_id and s.arm_id.endswith(("_1_data-b8c79cd7", "_1_data-40a2ec21"))
+    assert len(pairs) == 24 and all("_x1_" in t.arm_id and s.arm_id.endswith(("_1_data_trainable-head-942980e3", "_1_data_trainable-all-32fcd69e"))
                                     for t, s in pairs)
     src_dir, dst_dir = str(tmp_path / "src"), str(tmp_path / "dst")
     with pytest.raises(UserError, match="no plan.json"):  # a mistyped source workdir is an error, not "0 finished"
@@ -283,15 +283,17 @@ def test_lite0_budget_study_reuses_the_imagenet_study_runs(tmp_path):
 # Run directories of committed studies (docs/evidence, recipes/*study*.yaml) are named by these ids:
 # a change to how arms are named or overridden would orphan every finished run.
 PINNED_ARM_IDS = {
-    "lite0_imagenet_study.yaml": ["imagenet_0.05_data-d7d1aaf5", "imagenet_0.25_data-a55f2733", "imagenet_1_data-b8c79cd7",
-                                  "scratch_0.05_data-9801ce70", "scratch_0.25_data-f3a3d266", "scratch_1_data-40a2ec21"],
+    "lite0_imagenet_study.yaml": ["imagenet_0.05_data_trainable-head-4d6a922c", "imagenet_0.25_data_trainable-head-5bb72862",
+                                  "imagenet_1_data_trainable-head-942980e3", "scratch_0.05_data_trainable-all-13e39686",
+                                  "scratch_0.25_data_trainable-all-3edd0055", "scratch_1_data_trainable-all-32fcd69e"],
     "lite0_reset_study.yaml": ["full_no_reinit-bd904370", "full_reinit_top-1f87363a", "full_reinit_block6-block7-top-f6fe70a2",
                                "cut_after_block6_no_reinit-58d72cbd", "cut_after_block5_no_reinit-d2e169da"],
     "lite0_freeze_study.yaml": ["head_only-1a62cada", "from_block6-d50b137f", "from_block4-1b190884", "all-f899a557"],
-    "lite0_budget_study.yaml": ["scratch_x1_epochs-fe3c1164", "scratch_x3_epochs-f00426f0", "imagenet_x1_epochs-846c589e"],
+    "lite0_budget_study.yaml": ["scratch_x1_epochs_trainable-all-2eff7d44", "scratch_x3_epochs_trainable-all-45cebb39",
+                                "imagenet_x1_epochs_trainable-head-563d8b92"],
     "lite0_bn_study.yaml": ["bn-frozen-0088486c", "bn-train-83040f0a"],
-    "lite0_bands_study.yaml": ["imagenet_method-percentile-160e746a", "imagenet_method-none-c8004d32",
-                               "scratch_method-percentile-2aaf2fac"],
+    "lite0_bands_study.yaml": ["imagenet_method-percentile_trainable-head-0a0fe39e", "imagenet_method-none_trainable-head-6bfd1831",
+                               "scratch_method-percentile_trainable-all-7970e7c5"],
     "study_smoke.yaml": ["head_only-1a62cada", "all-f899a557"],
     "survey_budget_study.yaml": ["scratch_x1_epochs-0ba3beb7", "scratch_x3_epochs-3a119851",
                                  "sdss_pretrained_x1_epochs-d505e9d0", "sdss_pretrained_x3_epochs-d5e65119"],
@@ -360,3 +362,27 @@ def test_vary_errors_are_one_line(tmp_path, study, needle):
     with pytest.raises(UserError) as e:
         plan_lib.load_plan(write_study(tmp_path, study))
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_dry_run_warns_of_a_head_only_phase_before_training_a_random_backbone(tmp_path):
+    """From random weights a head-only first phase can leave the model at chance (README Evidence):
+    the plan names each arm that does it, and only those."""
+    path = write_study(tmp_path, "arms:\n  - {init: none, train.phases.0.trainable: head}\n"
+                                 "  - {init: none, train.phases.0.trainable: all}\nseeds: 2\n")
+    r = _cli("--recipe", path, "--dry_run", "--workdir", str(tmp_path / "wd"))
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stdout.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "train.phases.0 (warmup) trains only the head on a random, frozen backbone" in warnings[0], r.stdout
+
+
+def test_head_first_on_random_backbone_only_flags_the_trap():
+    def recipe(weights, *trainables):
+        phases = ",".join(f"{{name: p{i}, trainable: {t}, epochs: 1, lr: 1.0e-3}}" for i, t in enumerate(trainables))
+        return recipe_lib.loads(BASE.replace("weights: none", f"weights: {weights}").split("train:")[0]
+                                + f"train:\n  phases: [{phases}]\n")
+
+    assert "train.phases.0 (p0)" in recipe_lib.head_first_on_random_backbone(recipe("none", "head", "all"))
+    assert "train.phases.1 (p1)" in recipe_lib.head_first_on_random_backbone(recipe("none", "all", "head", "[conv5, head]"))
+    assert recipe_lib.head_first_on_random_backbone(recipe("imagenet", "head", "all")) is None  # pretrained: the usual warmup
+    assert recipe_lib.head_first_on_random_backbone(recipe("none", "all", "all")) is None
+    assert recipe_lib.head_first_on_random_backbone(recipe("none", "head")) is None  # a probe of random features, on purpose

@@ -19,6 +19,7 @@ import sys
 from typing import Optional
 
 from keras_tl import cli
+from keras_tl import recipe as recipe_lib
 from keras_tl.errors import UserError, WeightsError
 
 
@@ -104,6 +105,10 @@ def _main(args) -> int:
     if args.measure_cost:
         spi, source = plan_lib.measure_seconds_per_image(plan.base), "measured now, every layer training"
     print(plan_lib.format_plan(plan, plan_lib.estimate_cost(plan, spi, source), adaptive.plan_lines(plan)), flush=True)
+    for arm in plan.arms:
+        trap = recipe_lib.head_first_on_random_backbone(arm.recipe)
+        if trap:
+            print(f"  WARNING: arm {arm.label}: {trap}", flush=True)
     # A dry run only checks the cache; a real one downloads what is missing now, before the first run.
     problems = [] if args.report_only else plan_lib.missing_weights(plan, fetch=not args.dry_run)
     if args.dry_run:
