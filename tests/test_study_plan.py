@@ -386,3 +386,26 @@ def test_head_first_on_random_backbone_only_flags_the_trap():
     assert recipe_lib.head_first_on_random_backbone(recipe("imagenet", "head", "all")) is None  # pretrained: the usual warmup
     assert recipe_lib.head_first_on_random_backbone(recipe("none", "all", "all")) is None
     assert recipe_lib.head_first_on_random_backbone(recipe("none", "head")) is None  # a probe of random features, on purpose
+
+
+def test_an_init_carries_its_own_recipe_keys(tmp_path):
+    """{label, weights, set}: what goes with an init (scratch trains every layer from the first phase),
+    named by label in the baseline; a key another axis sets, or a reserved one, is refused."""
+    scratch = "{label: scratch, weights: none, set: {train.phases.0.trainable: all}}"
+    plan = plan_lib.load_plan(write_study(tmp_path, f"init: [imagenet, {scratch}]\nfreeze: [head_only, all]\n"
+                                                    "seeds: 2\nbaseline: {init: scratch}\n"))
+    assert len(plan.arms) == 4
+    for arm in plan.arms:
+        first = arm.recipe.train.phases[0].trainable
+        assert first == ("all" if arm.values["init"] != "imagenet" else "head"), (arm.id, first)
+        assert arm.recipe.model.weights == ("imagenet" if arm.values["init"] == "imagenet" else "none")
+        assert recipe_lib.head_first_on_random_backbone(arm.recipe) is None
+    refs = {a.id: plan.reference_of(a) for a in plan.arms}
+    assert all((refs[a.id] is not None) == (a.values["init"] == "imagenet") for a in plan.arms)
+    with pytest.raises(UserError, match=r"study.freeze: sets train.phases.1.trainable, which study.init sets too"):
+        plan_lib.load_plan(write_study(tmp_path, "init: [imagenet, {label: s, weights: none, set: {train.phases.1.trainable: all}}]\n"
+                                                 "freeze: [head_only, all]\n"))
+    with pytest.raises(UserError, match="data.split_seed cannot be set per init"):
+        plan_lib.load_plan(write_study(tmp_path, "init: [imagenet, {label: s, weights: none, set: {data.split_seed: 3}}]\n"))
+    with pytest.raises(UserError, match="set: expected a mapping of dotted recipe keys"):
+        plan_lib.load_plan(write_study(tmp_path, "init: [imagenet, {label: s, weights: none, set: [a]}]\n"))

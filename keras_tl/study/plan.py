@@ -14,7 +14,10 @@ Axes (each a list; the plan is their product minus ``exclude``, or an explicit
 
 ========================  =========================================================
 ``init``                  ``model.weights``: ``imagenet`` | ``none`` | a weights file
-                          (or ``{label: name, weights: path}`` to name the file arm)
+                          (or ``{label: name, weights: path}`` to name the arm; add
+                          ``set: {recipe key: value}`` for what goes with that init, e.g.
+                          ``{label: scratch, weights: none, set: {train.phases.0.trainable: all}}``;
+                          ``baseline: {init: scratch}`` names it by label)
 ``freeze``                the LAST phase's ``trainable``: ``head_only`` → ``head``,
                           ``from_<stage>`` → ``{from: <stage>}``, ``all`` → ``all``
 ``cut_after``             ``model.cut_after`` (``null`` = the whole backbone)
@@ -112,11 +115,26 @@ def init_label(value) -> str:
     return "file:" + stem.split(".")[0]
 
 
+def init_sets(value) -> Dict[str, Any]:
+    """The recipe keys an init value sets besides ``model.weights`` (its ``set:`` mapping)."""
+    return dict(value.get("set") or {}) if isinstance(value, dict) else {}
+
+
 def _check_init(value, base):
     if isinstance(value, dict):
-        if set(value) != {"label", "weights"} or not all(isinstance(v, str) and v for v in value.values()):
-            raise ValueError(f"a file arm is {{label: <name>, weights: <path>}}, got {value!r}")
-        return dict(value)
+        keys = set(value)
+        if not ({"label", "weights"} <= keys <= {"label", "weights", "set"}) or not all(
+                isinstance(value[k], str) and value[k] for k in ("label", "weights")):
+            raise ValueError(f"an init is {{label: <name>, weights: imagenet | none | <path>[, set: {{<recipe key>: value}}]}}, "
+                             f"got {value!r}")
+        sets = value.get("set")
+        if "set" in value and (not isinstance(sets, dict) or not sets or not all(isinstance(k, str) and "." in k for k in sets)):
+            raise ValueError(f"set: expected a mapping of dotted recipe keys to values, e.g. {{train.phases.0.trainable: all}}, "
+                             f"got {sets!r}")
+        for k in sets or ():
+            if k in RESERVED_KEYS or k == "model.weights":
+                raise ValueError(f"set: {k} cannot be set per init ({RESERVED_KEYS.get(k, 'weights: sets it')})")
+        return json.loads(json.dumps(value))
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected imagenet, none, a weights file path or {{label, weights}}, got {value!r}")
     return value
@@ -159,7 +177,8 @@ def _check_multiplier(value, base):
 
 
 AXES: Dict[str, Axis] = {a.name: a for a in (
-    Axis("init", _check_init, lambda v, base: [f"model.weights={_json_value(init_weights(v))}"], init_label),
+    Axis("init", _check_init, lambda v, base: [f"model.weights={_json_value(init_weights(v))}"]
+         + [f"{k}={_json_value(x)}" for k, x in init_sets(v).items()], init_label),
     Axis("freeze", _check_freeze,
          lambda v, base: [f"train.phases.{_last_phase(base)}.trainable={_json_value(freeze_spec(v))}"],
          lambda v: v, lambda v: f"freeze {v}"),
@@ -526,8 +545,8 @@ def _check_disjoint(axes: Dict[str, tuple], lr_grid, base, where: str) -> None:
     if lr_grid:
         owner[f"train.phases.{_last_phase(base)}.lr"] = "lr_grid"
     for axis, values in axes.items():
-        for over in axis_for(axis).overrides(values[0], base):
-            key = over.split("=", 1)[0]
+        keys = dict.fromkeys(over.split("=", 1)[0] for v in values for over in axis_for(axis).overrides(v, base))
+        for key in keys:
             if key in owner:
                 _fail(where, axis if axis in AXES else f"vary.{axis}", f"sets {key}, which study.{owner[key]} sets too; vary it in one place")
             owner[key] = axis
@@ -567,7 +586,10 @@ def parse_study(raw: dict, base: recipe_lib.Recipe, where: str = "<study>") -> S
         baseline = {first: axes[first][0]}
     else:
         baseline = _check_mapping(where, "baseline", baseline, list(axes), base)
-        for k, v in baseline.items():
+        for k, v in list(baseline.items()):
+            if k == "init" and isinstance(v, str):  # an init given by its label
+                v = baseline[k] = next((x for x in axes[k] if x == v), None) or next(
+                    (x for x in axes[k] if init_label(x) == v), v)
             if _canon(v) not in {_canon(x) for x in axes[k]}:
                 _fail(where, f"baseline.{k}", f"{v!r} is not one of the study's values {list(axes[k])!r}")
     exclude = tuple(
