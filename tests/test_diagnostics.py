@@ -4,6 +4,7 @@ Stand-in models follow the keras_tl layout (pixels → preprocess → nested bac
 predictions) with stages built so the expected answer is known by construction.
 """
 
+import os
 import numpy as np
 import pytest
 
@@ -205,3 +206,21 @@ def test_relative_weight_change_per_stage():
     change = cka.relative_weight_change(m0, m1, stage_of)
     assert change["conv1"] == 0.0 and change["head"] == 0.0
     assert change["conv2"] > 0.3
+
+
+def test_dead_head_units_tool_reports_each_checkpoint(tmp_path, tiny, recipe_file, capsys):
+    """tools/dead_head_units.py (the README's dead-head measurement): one line at initialisation and
+    after the first and last step of epoch 1, each with a dead fraction in [0, 1] of the head's units."""
+    import importlib.util
+    import re
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "dead_head_units.py")
+    spec = importlib.util.spec_from_file_location("dead_head_units", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--recipe", recipe_file(tmp_path, tiny())]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "dead head units" in line]
+    assert [line.split(":")[0].split(" (")[0] for line in lines] == ["init", "step 1", "step 5"], lines
+    for line in lines:
+        dead = float(re.search(r"dead head units ([0-9.]+) of 16", line).group(1))
+        assert 0.0 <= dead <= 1.0, line
