@@ -257,7 +257,7 @@ def test_lite0_budget_study_reuses_the_imagenet_study_runs(tmp_path):
     src = plan_lib.load_plan(os.path.join(_REPO_RECIPES, "lite0_imagenet_study.yaml"))
     dst = plan_lib.load_plan(os.path.join(_REPO_RECIPES, "lite0_budget_study.yaml"))
     pairs = tool.matches(src, dst)
-    assert len(pairs) == 24 and all("_x1_" in t.arm_id and s.arm_id.endswith(("_1_data_trainable-head-942980e3", "_1_data_trainable-all-32fcd69e"))
+    assert len(pairs) == 24 and all("_x1_" in t.arm_id and s.arm_id.endswith(("_1_data-b8c79cd7", "_1_data-32fcd69e"))
                                     for t, s in pairs)
     src_dir, dst_dir = str(tmp_path / "src"), str(tmp_path / "dst")
     with pytest.raises(UserError, match="no plan.json"):  # a mistyped source workdir is an error, not "0 finished"
@@ -283,17 +283,15 @@ def test_lite0_budget_study_reuses_the_imagenet_study_runs(tmp_path):
 # Run directories of committed studies (docs/evidence, recipes/*study*.yaml) are named by these ids:
 # a change to how arms are named or overridden would orphan every finished run.
 PINNED_ARM_IDS = {
-    "lite0_imagenet_study.yaml": ["imagenet_0.05_data_trainable-head-4d6a922c", "imagenet_0.25_data_trainable-head-5bb72862",
-                                  "imagenet_1_data_trainable-head-942980e3", "scratch_0.05_data_trainable-all-13e39686",
-                                  "scratch_0.25_data_trainable-all-3edd0055", "scratch_1_data_trainable-all-32fcd69e"],
+    "lite0_imagenet_study.yaml": ["imagenet_0.05_data-d7d1aaf5", "imagenet_0.25_data-a55f2733", "imagenet_1_data-b8c79cd7",
+                                  "scratch_0.05_data-13e39686", "scratch_0.25_data-3edd0055", "scratch_1_data-32fcd69e"],
     "lite0_reset_study.yaml": ["full_no_reinit-bd904370", "full_reinit_top-1f87363a", "full_reinit_block6-block7-top-f6fe70a2",
                                "cut_after_block6_no_reinit-58d72cbd", "cut_after_block5_no_reinit-d2e169da"],
     "lite0_freeze_study.yaml": ["head_only-1a62cada", "from_block6-d50b137f", "from_block4-1b190884", "all-f899a557"],
-    "lite0_budget_study.yaml": ["scratch_x1_epochs_trainable-all-2eff7d44", "scratch_x3_epochs_trainable-all-45cebb39",
-                                "imagenet_x1_epochs_trainable-head-563d8b92"],
+    "lite0_budget_study.yaml": ["scratch_x1_epochs-2eff7d44", "scratch_x3_epochs-45cebb39", "imagenet_x1_epochs-846c589e"],
     "lite0_bn_study.yaml": ["bn-frozen-0088486c", "bn-train-83040f0a"],
-    "lite0_bands_study.yaml": ["imagenet_method-percentile_trainable-head-0a0fe39e", "imagenet_method-none_trainable-head-6bfd1831",
-                               "scratch_method-percentile_trainable-all-7970e7c5"],
+    "lite0_bands_study.yaml": ["imagenet_method-percentile-160e746a", "imagenet_method-none-c8004d32",
+                               "scratch_method-percentile-7970e7c5"],
     "study_smoke.yaml": ["head_only-1a62cada", "all-f899a557"],
     "survey_budget_study.yaml": ["scratch_x1_epochs-0ba3beb7", "scratch_x3_epochs-3a119851",
                                  "sdss_pretrained_x1_epochs-d505e9d0", "sdss_pretrained_x3_epochs-d5e65119"],
