@@ -133,7 +133,7 @@ def _check_init(value, base):
                              f"got {sets!r}")
         for k in sets or ():
             if k in RESERVED_KEYS or k == "model.weights":
-                raise ValueError(f"set: {k} cannot be set per init ({RESERVED_KEYS.get(k, 'weights: sets it')})")
+                raise ValueError(f"set: {k} cannot be set per init ({RESERVED_KEYS.get(k, 'the init sets it from weights:')})")
         return json.loads(json.dumps(value))
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected imagenet, none, a weights file path or {{label, weights}}, got {value!r}")
