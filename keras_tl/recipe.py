@@ -880,7 +880,8 @@ def head_first_on_random_backbone(recipe: Recipe) -> Optional[str]:
     phases = recipe.train.phases
     for i, ph in enumerate(phases[:-1]):
         if ph.trainable == "head" and any(later.trainable != "head" for later in phases[i + 1:]):
-            return (f"train.phases.{i} ({ph.name}) trains only the head on a random, frozen backbone "
+            name = f" ({ph.name})" if ph.name else ""
+            return (f"train.phases.{i}{name} trains only the head on a random, frozen backbone "
                     f"(model.weights: none), then a later phase unfreezes it: the head learns on features "
                     f"that barely depend on the image and can end dead, leaving the whole model at chance. "
                     f"From scratch, train every layer from the first phase (trainable: all)")

@@ -270,6 +270,10 @@ def test_one_arm_at_chance_keeps_its_verdict_and_is_flagged(tmp_path):
     (c,) = study["comparisons"]
     assert c["verdict"] == stats.BETTER and c["at_chance"] == {"a": False, "b": True}
     assert "; scratch at chance)" in study["verdict"]
+    # BASE trains only the head first: for the arm from random weights the report names it as the likely cause.
+    assert ("A likely cause for scratch: train.phases.0 trains only the head on a random, frozen backbone"
+            in study["verdict"]), study["verdict"]
+    assert study["verdict"].count("A likely cause") == 1
 
 
 def test_collapsed_seeds_are_reported_apart_with_the_learning_rate_as_cause(tmp_path):

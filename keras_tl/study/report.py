@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from keras_tl import fs
+from keras_tl import recipe as recipe_lib
 from keras_tl.errors import UserError
 from keras_tl.study import stats
 from keras_tl.study.plan import Plan, _canon, axis_for
@@ -136,6 +137,7 @@ def _arm_summary(plan: Plan, arm, results: Dict[str, dict]) -> Tuple[dict, Dict[
         "wall_time": _mean_sd_sum([float(runs[k].get("wall_time", 0.0)) for k in sorted(runs)]),
         "history": _history_bands(runs, s.metric),
         "phase_starts": _phase_starts(runs),
+        "recipe_warning": recipe_lib.head_first_on_random_backbone(arm.recipe),
         **chance,
     }, values
 
@@ -437,6 +439,8 @@ def chance_sentence(study: dict) -> str:
     flat = [a for a in arms if a["status"] == "at chance"]
     if flat:
         text += f" At chance in every seed: {', '.join(a['label'] for a in flat)}."
+    for a in (a for a in arms if a["status"] in ("at chance", "collapsed seeds") and a.get("recipe_warning")):
+        text += f" A likely cause for {a['label']}: {a['recipe_warning']}."
     for a in (a for a in arms if a["status"] == "collapsed seeds"):
         cause = collapse_cause(a)
         text += (f" Collapsed seeds: {a['label']} has {len(a['at_chance_seeds'])} of {len(a['seeds'])} seeds at chance "
