@@ -280,6 +280,17 @@ def test_lite0_budget_study_reuses_the_imagenet_study_runs(tmp_path):
     assert tool.reuse(src, src_dir, dst, dst_dir, log=lambda s: None)["already_present"] == 3
 
 
+def test_lite0_head_study_reuses_the_imagenet_study_runs_with_the_hidden_head():
+    """lite0_head_study's hidden-head arms are lite0_imagenet_study's 100%-data runs; the linear-head
+    arms are new (24 runs)."""
+    tool = _reuse_tool()
+    src = plan_lib.load_plan(os.path.join(_REPO_RECIPES, "lite0_imagenet_study.yaml"))
+    dst = plan_lib.load_plan(os.path.join(_REPO_RECIPES, "lite0_head_study.yaml"))
+    pairs = tool.matches(src, dst)
+    assert len(pairs) == 24 and {s.arm_id for _, s in pairs} == {"imagenet_1_data-b8c79cd7", "scratch_1_data-32fcd69e"}
+    assert all(dst.arm(t.arm_id).recipe.model.head for t, _ in pairs)  # the hidden-head arms only
+
+
 # Run directories of committed studies (docs/evidence, recipes/*study*.yaml) are named by these ids:
 # a change to how arms are named or overridden would orphan every finished run.
 PINNED_ARM_IDS = {
@@ -290,6 +301,8 @@ PINNED_ARM_IDS = {
     "lite0_freeze_study.yaml": ["head_only-1a62cada", "from_block6-d50b137f", "from_block4-1b190884", "all-f899a557"],
     "lite0_budget_study.yaml": ["scratch_x1_epochs-2eff7d44", "scratch_x3_epochs-45cebb39", "imagenet_x1_epochs-846c589e"],
     "lite0_bn_study.yaml": ["bn-frozen-0088486c", "bn-train-83040f0a"],
+    "lite0_head_study.yaml": ["imagenet_head-units-256-activation-relu-dropout-9916e018", "imagenet_head-none-51a93619",
+                              "scratch_head-units-256-activation-relu-dropout-0-4cf22b53", "scratch_head-none-3db77ceb"],
     "lite0_bands_study.yaml": ["imagenet_method-percentile-160e746a", "imagenet_method-none-c8004d32",
                                "scratch_method-percentile-7970e7c5"],
     "study_smoke.yaml": ["head_only-1a62cada", "all-f899a557"],
