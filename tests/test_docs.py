@@ -91,4 +91,22 @@ def test_readme_evidence_table_is_what_the_committed_studies_say():
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     want = tool.table([os.path.join(ROOT, d) for d in m.group(1).split()])
-    assert m.group(2) == want, f"README.md's evidence table is stale; replace it with:\n{want}"
+    assert m.group(2) == want, ("README.md's evidence table is stale; run `python tools/evidence_table.py "
+                                f"--readme README.md` or replace it with:\n{want}")
+
+
+def test_evidence_table_rewrites_only_the_marked_block(tmp_path):
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("evidence_table", os.path.join(ROOT, "tools", "evidence_table.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    shutil.copytree(os.path.join(ROOT, "docs", "evidence", "lite0_reset"), tmp_path / "ev" / "reset")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- evidence-table: ev/reset -->\n| stale |\n<!-- /evidence-table -->\noutro\n")
+    tool.update_readme(str(readme))
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- evidence-table: ev/reset -->\n| study |") and text.endswith("<!-- /evidence-table -->\noutro\n")
+    assert "| stale |" not in text and "reinit_top, full vs no_reinit, full" in text
+    assert not (tmp_path / "README.md.tmp").exists()

@@ -1,6 +1,7 @@
 """The README's Evidence verdict table, generated from committed study.json files (so it cannot drift).
 
     python tools/evidence_table.py docs/evidence/lite0_imagenet docs/evidence/lite0_reset ...
+    python tools/evidence_table.py --readme README.md [DIR ...]   # rewrite the README's table in place
 
 Prints one markdown table: per comparison, the study, the arm against its baseline and what was held
 fixed, finished seeds, the arm's and the baseline's mean, the paired difference with its 95% CI,
@@ -12,7 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+
+MARKERS = re.compile(r"<!-- evidence-table: (.*?) -->\n(.*?)\n<!-- /evidence-table -->", re.S)
 
 
 def _pct(x, scale):
@@ -47,5 +51,30 @@ def table(study_dirs) -> str:
     return "\n".join(lines)
 
 
+def update_readme(path: str, study_dirs=()) -> None:
+    """Replace the table between ``path``'s evidence-table markers with :func:`table`'s output, for
+    ``study_dirs`` or, when none are given, the directories the marker names (paths relative to the
+    README's folder). Written to a temporary file and renamed over the README."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    m = MARKERS.search(text)
+    if not m:
+        sys.exit(f"evidence_table: {path} has no <!-- evidence-table: DIR ... --> block; add one where the table goes")
+    dirs = list(study_dirs) or m.group(1).split()
+    root = os.path.dirname(os.path.abspath(path))
+    new = table([os.path.join(root, d) for d in dirs])
+    text = text[:m.start()] + f"<!-- evidence-table: {' '.join(dirs)} -->\n{new}\n<!-- /evidence-table -->" + text[m.end():]
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 if __name__ == "__main__":
-    print(table(sys.argv[1:]))
+    args = sys.argv[1:]
+    if args[:1] == ["--readme"]:
+        if len(args) < 2:
+            sys.exit("evidence_table: --readme needs the README's path, e.g. --readme README.md")
+        update_readme(args[1], args[2:])
+    else:
+        print(table(args))
