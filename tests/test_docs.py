@@ -79,29 +79,31 @@ def test_readme_kubernetes_job_and_sbatch_array_run_every_shard():
     assert [tuple(s) for s in shards] == [(i, hi - lo + 1) for i in range(hi - lo + 1)]
 
 
-def test_readme_evidence_table_is_what_the_committed_studies_say():
-    """The Evidence verdict table is tools/evidence_table.py's output on the committed study.json files
-    named in its marker, so a number in it cannot drift from its study."""
+def _evidence_table_tool():
     import importlib.util
 
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    m = re.search(r"<!-- evidence-table: (.*?) -->\n(.*?)\n<!-- /evidence-table -->", text, re.S)
-    assert m, "README.md has no <!-- evidence-table: DIR... --> block"
     spec = importlib.util.spec_from_file_location("evidence_table", os.path.join(ROOT, "tools", "evidence_table.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_readme_evidence_table_is_what_the_committed_studies_say():
+    """The Evidence verdict table is tools/evidence_table.py's output on the committed study.json files
+    named in its marker, so a number in it cannot drift from its study."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    tool = _evidence_table_tool()
+    m = tool.MARKERS.search(text)
+    assert m, "README.md has no <!-- evidence-table: DIR... --> block"
     want = tool.table([os.path.join(ROOT, d) for d in m.group(1).split()])
     assert m.group(2) == want, ("README.md's evidence table is stale; run `python tools/evidence_table.py "
                                 f"--readme README.md` or replace it with:\n{want}")
 
 
 def test_evidence_table_rewrites_only_the_marked_block(tmp_path):
-    import importlib.util
     import shutil
 
-    spec = importlib.util.spec_from_file_location("evidence_table", os.path.join(ROOT, "tools", "evidence_table.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _evidence_table_tool()
     shutil.copytree(os.path.join(ROOT, "docs", "evidence", "lite0_reset"), tmp_path / "ev" / "reset")
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- evidence-table: ev/reset -->\n| stale |\n<!-- /evidence-table -->\noutro\n")
