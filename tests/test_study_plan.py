@@ -291,6 +291,18 @@ def test_lite0_head_study_reuses_the_imagenet_study_runs_with_the_hidden_head():
     assert all(dst.arm(t.arm_id).recipe.model.head for t, _ in pairs)  # the hidden-head arms only
 
 
+def test_lite0_source_study_reuses_every_imagenet_and_scratch_run():
+    """lite0_source_study adds the other-survey init to lite0_imagenet_study: its 72 runs carry over,
+    only the 36 sdss_lite0 runs are new."""
+    tool = _reuse_tool()
+    src = plan_lib.load_plan(os.path.join(_REPO_RECIPES, "lite0_imagenet_study.yaml"))
+    dst = plan_lib.load_plan(os.path.join(_REPO_RECIPES, "lite0_source_study.yaml"))
+    pairs = tool.matches(src, dst)
+    assert len(pairs) == len(src.runs) == 72 and len(dst.runs) == 108
+    assert {t.arm_id for t, _ in pairs} == {a.id for a in src.arms}
+    assert all(dst.reference_of(a).values["init"] == "imagenet" for a in dst.arms if a.values["init"] != "imagenet")
+
+
 # Run directories of committed studies (docs/evidence, recipes/*study*.yaml) are named by these ids:
 # a change to how arms are named or overridden would orphan every finished run.
 PINNED_ARM_IDS = {
@@ -301,6 +313,9 @@ PINNED_ARM_IDS = {
     "lite0_freeze_study.yaml": ["head_only-1a62cada", "from_block6-d50b137f", "from_block4-1b190884", "all-f899a557"],
     "lite0_budget_study.yaml": ["scratch_x1_epochs-2eff7d44", "scratch_x3_epochs-45cebb39", "imagenet_x1_epochs-846c589e"],
     "lite0_bn_study.yaml": ["bn-frozen-0088486c", "bn-train-83040f0a"],
+    "lite0_source_study.yaml": ["imagenet_0.05_data-d7d1aaf5", "imagenet_0.25_data-a55f2733", "imagenet_1_data-b8c79cd7",
+                                "scratch_0.05_data-13e39686", "scratch_0.25_data-3edd0055", "scratch_1_data-32fcd69e",
+                                "sdss_lite0_0.05_data-6a29b6fb", "sdss_lite0_0.25_data-014c1004", "sdss_lite0_1_data-885905fa"],
     "lite0_head_study.yaml": ["imagenet_head-units-256-activation-relu-dropout-9916e018", "imagenet_head-none-51a93619",
                               "scratch_head-units-256-activation-relu-dropout-0-4cf22b53", "scratch_head-none-3db77ceb"],
     "lite0_bands_study.yaml": ["imagenet_method-percentile-160e746a", "imagenet_method-none-c8004d32",
