@@ -151,6 +151,12 @@ def test_partial_results_are_labelled(tmp_path):
     study = report.analyze(plan, fake_results(plan, skip))
     assert study["verdict"].startswith("PARTIAL RESULTS (48 of 60 runs finished).")
     assert all(c["n"] == 4 for c in study["comparisons"])
+    # What the finished runs cost, every learning rate and arm counted (fake runs: 2 s of training each).
+    assert study["compute"]["runs"] == 48 and study["compute"]["train_time_s"] == pytest.approx(96.0)
+    assert set(study["compute"]["median_run_s"].values()) == {2.0}
+    paths = report.write_report(study, str(tmp_path / "wd"))
+    text = open(paths["md"], encoding="utf-8").read()
+    assert "Compute: 48 finished runs, 0.0 h of training" in text
 
 
 def test_lr_grid_picks_on_validation(tmp_path):

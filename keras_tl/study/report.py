@@ -50,6 +50,22 @@ def _mean_sd_sum(xs: List[float]) -> Dict[str, Optional[float]]:
     return {"mean": float(np.mean(xs)), "total": float(np.sum(xs))}
 
 
+def _compute(plan: Plan, results: Dict[str, dict]) -> Dict[str, Any]:
+    """What the finished runs cost: each run's training wall time (metrics.json's ``wall_time``, its
+    phases'; start-up, evaluation and export are not in it), summed over every finished run of every
+    learning rate, and the median per arm. Runs carried over from another study
+    (tools/reuse_runs.py) count here too."""
+    by_arm: Dict[str, List[float]] = {}
+    for run in plan.runs:
+        if run.key in results:
+            by_arm.setdefault(run.arm_id, []).append(float(results[run.key].get("wall_time") or 0.0))
+    every = [t for ts in by_arm.values() for t in ts]
+    return {"runs": len(every), "train_time_s": round(float(np.sum(every)), 1) if every else 0.0,
+            "median_run_s": {a: round(float(np.median(ts)), 1) for a, ts in by_arm.items()},
+            "note": "each finished run's training wall time (metrics.json wall_time: its phases, not start-up, evaluation or "
+                    "export), summed over every learning rate; runs carried over from another study count here as well"}
+
+
 def analyze(plan: Plan, results: Dict[str, dict], *, seed: int = 0, n_boot: int = stats.N_BOOT,
             probe: Optional[dict] = None, budget=None) -> Dict[str, Any]:
     """The study.json dict from finished runs (``results``: run key → train metrics dict)."""
@@ -100,6 +116,7 @@ def analyze(plan: Plan, results: Dict[str, dict], *, seed: int = 0, n_boot: int 
         "crossovers": _crossovers(plan, per_seed, seed),
         "freeze": _freeze_table(plan, arms_out),
         "probe": probe,
+        "compute": _compute(plan, results),
     }
     if info:
         study["methods"].update(ADAPTIVE_METHODS)
@@ -838,6 +855,14 @@ def _flatten(obj, prefix="") -> List[Tuple[str, str]]:
     return [(prefix, text[:200])]
 
 
+def _compute_text(compute: Optional[dict]) -> str:
+    if not compute or not compute["runs"]:
+        return ""
+    return (f" Compute: {compute['runs']} finished runs, {compute['train_time_s'] / 3600:.1f} h of training "
+            f"(each run's own training wall time, summed; median {min(compute['median_run_s'].values()) / 60:.1f} to "
+            f"{max(compute['median_run_s'].values()) / 60:.1f} min per run by arm).")
+
+
 def _sections(study: dict) -> List[Tuple[str, str, Any]]:
     """(kind, title, payload) in report order; kinds: para, table, plot."""
     secs: List[Tuple[str, str, Any]] = [("para", "", study["verdict"])]
@@ -853,7 +878,7 @@ def _sections(study: dict) -> List[Tuple[str, str, Any]]:
                              + ", ".join(axis_for(k).describe(v) for k, v in study["baseline"].items())
                              + f". Metric: {study['split']} {study['metric']}{split_note}"
                              + ("; learning rate picked per arm on validation from " + ", ".join(f"{x:g}" for x in study["lr_grid"]) if study["lr_grid"] else "")
-                             + "."))
+                             + "." + _compute_text(study.get("compute"))))
     secs.append(("table", "Arms", _arm_rows(study)))
     secs.append(("table", "Comparisons against the baseline", _comparison_rows(study)))
     secs.append(("para", "", COMPARISON_NOTE))
