@@ -251,13 +251,18 @@ def format_probes(probe_out: dict, cand: dict) -> str:
 
 
 # Scratch trains every layer from the first phase: a head-only warm-up on a random, frozen backbone
-# can leave the whole model at chance (recipe.head_first_on_random_backbone; README Evidence).
-WARMUP = "train.phases.0.trainable"
+# can leave the whole model at chance (recipe.head_first_on_random_backbone; README Evidence). The
+# study's init carries that key, as the README's study recipes do.
+SCRATCH = {"label": "scratch", "weights": "none", "set": {"train.phases.0.trainable": "all"}}
+
+
+def is_scratch(init) -> bool:
+    return isinstance(init, dict) and init.get("label") == "scratch"
 
 
 def _arm(init, freeze="all", reinit=(), cut_after=None, fraction=1.0) -> dict:
-    return {"init": init, "freeze": freeze, "reinit": list(reinit), "cut_after": cut_after, "data_fraction": fraction,
-            WARMUP: "all" if init == "none" else "head"}
+    return {"init": SCRATCH if init == "none" else init, "freeze": freeze, "reinit": list(reinit), "cut_after": cut_after,
+            "data_fraction": fraction}
 
 
 def candidate_levels(cand: dict, source: Optional[str], fractions: Sequence[float] = FRACTIONS) -> List[List[dict]]:
@@ -279,7 +284,7 @@ def candidate_levels(cand: dict, source: Optional[str], fractions: Sequence[floa
 def study_section(arms: List[dict], seeds, lr_grid: Sequence[float], n_train: int) -> dict:
     """The ``study:`` mapping (as a study recipe would hold it) for these arms; ``seeds`` is a
     number or adaptive ``{"min": m, "max": M}``."""
-    out = {"arms": arms, "seeds": seeds, "baseline": {"init": "none", WARMUP: "all"}, "metric": "accuracy",
+    out = {"arms": arms, "seeds": seeds, "baseline": {"init": "scratch"}, "metric": "accuracy",
            "train_images": n_train}
     if lr_grid:
         out["lr_grid"] = list(lr_grid)

@@ -65,7 +65,8 @@ def test_cost_estimate_includes_the_per_run_fixed_cost(tmp_path):
     assert ask.run_fixed_seconds(COSTS, base, 300) == pytest.approx(fixed)
     # Scratch trains every layer in its first phase too: its runs trace the full train step twice.
     scratch = fixed - 2.5 + 6.0
-    assert [a.values[ask.WARMUP] for a in plan.arms] == ["head", "all"]
+    assert [a.recipe.train.phases[0].trainable for a in plan.arms] == ["head", "all"]
+    assert [a.label for a in plan.arms] == ["imagenet", "scratch"]  # the warm-up rides on the init, not on an axis
     assert est.runs == 6 and est.overhead_per_run == pytest.approx((fixed + scratch) / 2, abs=0.1)
     assert est.cpu_seconds == pytest.approx(est.images * 0.01 + 3 * fixed + 3 * scratch)
     no_fixed = ask.estimate(plan, {**COSTS, **{k: 0.0 for k in COSTS if k != "seconds_per_image"}}, n_eval=300)
@@ -93,8 +94,8 @@ def test_candidate_arms_with_source_weights():
     src = "/data/survey.weights.h5"
     weak = ask.candidate_levels(CAND, src)
     source = {"label": "source", "weights": src}
-    assert [a["init"] for a in weak[0]] == ["imagenet", "none", source]
-    assert [a["init"] for a in weak[1] if a["data_fraction"] < 1] == ["imagenet", "none", source]
+    assert [a["init"] for a in weak[0]] == ["imagenet", ask.SCRATCH, source]
+    assert [a["init"] for a in weak[1] if a["data_fraction"] < 1] == ["imagenet", ask.SCRATCH, source]
     extra = weak[3][len(weak[2]):]
     assert extra == [ask._arm("imagenet", reinit=["top"]), ask._arm("imagenet", cut_after="block7")]
     strong = ask.candidate_levels(dict(CAND, weak_last=False), src)
@@ -128,7 +129,7 @@ def _arm(id_, init, per_seed, **values):
 
 
 def test_recommendation_and_extra_comparisons_from_study_json():
-    study = _study([_arm("in", "imagenet", [0.80, 0.82, 0.81]), _arm("sc", "none", [0.60, 0.62, 0.61]),
+    study = _study([_arm("in", "imagenet", [0.80, 0.82, 0.81]), _arm("sc", ask.SCRATCH, [0.60, 0.62, 0.61]),
                     _arm("reset", "imagenet", [0.85, 0.88, 0.86], reinit=["top"]),
                     _arm("head", "imagenet", [0.70, 0.72, 0.69], freeze="head_only")])
     rec = ask.recommend(json.loads(json.dumps(study)))
@@ -261,9 +262,9 @@ def test_dry_run_with_source_weights_probes_them_and_plans_a_third_init(tmp_path
     assert probed["results"][source]["weights"]["sha256"]  # keras_tl.probe loaded the file itself
     plan = plan_lib.load_plan(str(tmp_path / "wd" / "study.yaml"))
     inits = [a.values["init"] for a in plan.arms if a.values["data_fraction"] == 1.0 and a.values["freeze"] == "all"]
-    assert {"label": "source", "weights": source} in inits and "imagenet" in inits and "none" in inits
+    assert {"label": "source", "weights": source} in inits and "imagenet" in inits and ask.SCRATCH in inits
     src_arm = next(a for a in plan.arms if a.values["init"] == {"label": "source", "weights": source})
-    assert src_arm.recipe.model.weights == source and plan.reference_of(src_arm).values["init"] == "none"
+    assert src_arm.recipe.model.weights == source and ask.is_scratch(plan.reference_of(src_arm).values["init"])
     assert plan.fingerprint() == state["plan"]["fingerprint"]
     assert "source" in capsys.readouterr().out
 
@@ -351,7 +352,7 @@ def test_ask_end_to_end_killed_and_resumed(tmp_path):
     rec = ask.recommend(study)
     assert state["answer"]["recommended"]["arm_id"] == rec["arm_id"]
     recipe = recipe_lib.load(str(workdir / "recommended.yaml"))
-    assert recipe.model.weights == {"imagenet": "imagenet", "none": "none"}[rec["values"]["init"]]
+    assert recipe.model.weights == ("none" if ask.is_scratch(rec["values"]["init"]) else rec["values"]["init"])
     assert state["answer"]["model"] and os.path.exists(state["answer"]["model"])
     answer = (workdir / "answer.txt").read_text()
     first_paragraph = answer.split("\n\n")[0]
