@@ -248,16 +248,16 @@ def _reuse_tool():
     return mod
 
 
-def test_lite0_budget_study_reuses_the_imagenet_study_runs(tmp_path):
-    """lite0_budget_study's x1 arms are lite0_imagenet_study's 100%-data runs (only the name differs);
+def test_lite0_budget_study_reuses_the_head_study_runs(tmp_path):
+    """lite0_budget_study's x1 arms are lite0_head_study's linear-head runs (only the name differs);
     tools/reuse_runs.py hard-links the finished ones and nothing else."""
     from keras_tl.study import runner
 
     tool = _reuse_tool()
-    src = plan_lib.load_plan(os.path.join(_REPO_RECIPES, "lite0_imagenet_study.yaml"))
+    src = plan_lib.load_plan(os.path.join(_REPO_RECIPES, "lite0_head_study.yaml"))
     dst = plan_lib.load_plan(os.path.join(_REPO_RECIPES, "lite0_budget_study.yaml"))
     pairs = tool.matches(src, dst)
-    assert len(pairs) == 24 and all("_x1_" in t.arm_id and s.arm_id.endswith(("_1_data-b8c79cd7", "_1_data-32fcd69e"))
+    assert len(pairs) == 24 and all("_x1_" in t.arm_id and s.arm_id in ("imagenet_head-none-51a93619", "scratch_head-none-3db77ceb")
                                     for t, s in pairs)
     src_dir, dst_dir = str(tmp_path / "src"), str(tmp_path / "dst")
     with pytest.raises(UserError, match="no plan.json"):  # a mistyped source workdir is an error, not "0 finished"
