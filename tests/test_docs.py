@@ -112,3 +112,32 @@ def test_evidence_table_rewrites_only_the_marked_block(tmp_path):
     assert text.startswith("intro\n<!-- evidence-table: ev/reset -->\n| study |") and text.endswith("<!-- /evidence-table -->\noutro\n")
     assert "| stale |" not in text and "reinit_top, full vs no_reinit, full" in text
     assert not (tmp_path / "README.md.tmp").exists()
+
+
+def test_evidence_cost_counts_a_carried_over_run_once(tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+
+    spec = importlib.util.spec_from_file_location("evidence_cost", os.path.join(ROOT, "tools", "evidence_cost.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    def run(path, process, training):
+        os.makedirs(path)
+        with open(os.path.join(path, "run.json"), "w") as f:
+            f.write('{"workdir": "%s", "wall_time_s": {"training": %s, "this_process": %s}}' % (path, training, process))
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(str(a / "runs" / "x" / "seed0"), 3600, 3000)
+    run(str(a / "runs" / "x" / "seed1"), 1800, 1500)
+    os.makedirs(b / "runs" / "y" / "seed0")
+    os.link(a / "runs" / "x" / "seed0" / "run.json", b / "runs" / "y" / "seed0" / "run.json")  # tools/reuse_runs.py
+    run(str(b / "runs" / "y" / "seed1"), 720, 360)
+    rows = tool.cost([str(a), str(b)])
+    assert [(r["runs"], r["new"]) for r in rows] == [(2, 2), (2, 1)]
+    assert rows[0]["process_h"] == 1.5 and rows[1]["process_h"] == 0.2 and rows[1]["training_h"] == 0.1
+    assert tool.table([str(a), str(b)]).splitlines()[-1] == "| total | 4 | 3 | 1.70 | 1.35 |"
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "evidence_cost.py"), str(tmp_path / "nope")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a directory" in bad.stderr

@@ -59,7 +59,9 @@ def update_readme(path: str, study_dirs=()) -> None:
         text = f.read()
     m = MARKERS.search(text)
     if not m:
-        sys.exit(f"evidence_table: {path} has no <!-- evidence-table: DIR ... --> block; add one where the table goes")
+        print(f"evidence_table: {path} has no <!-- evidence-table: DIR ... --> block; add one where the table goes",
+              file=sys.stderr)
+        sys.exit(2)
     dirs = list(study_dirs) or m.group(1).split()
     root = os.path.dirname(os.path.abspath(path))
     new = table([os.path.join(root, d) for d in dirs])
@@ -74,7 +76,8 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if args[:1] == ["--readme"]:
         if len(args) < 2:
-            sys.exit("evidence_table: --readme needs the README's path, e.g. --readme README.md")
+            print("evidence_table: --readme needs the README's path, e.g. --readme README.md", file=sys.stderr)
+            sys.exit(2)
         update_readme(args[1], args[2:])
     else:
         print(table(args))
