@@ -1,6 +1,7 @@
 """Figures in the README that a command prints must be what the command prints (issue 17: the
 per-stage table for telescope.yaml had drifted from the code)."""
 
+import json
 import os
 import re
 
@@ -141,3 +142,21 @@ def test_evidence_cost_counts_a_carried_over_run_once(tmp_path):
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "evidence_cost.py"), str(tmp_path / "nope")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not a directory" in bad.stderr
+
+
+def test_compare_arms_reproduces_the_reports_own_comparison_and_names_unknown_arms(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_arms", os.path.join(ROOT, "tools", "compare_arms.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    path = os.path.join(ROOT, "docs", "evidence", "lite0_reset", "study.json")
+    study = json.load(open(path, encoding="utf-8"))
+    own = next(c for c in study["comparisons"] if c["arm_id"].startswith("full_reinit_top"))
+    got = tool.compare(study, "full_reinit_top", "full_no_reinit")  # a baseline pair: must match the report exactly
+    assert (got["mean"], got["ci_lo"], got["ci_hi"], got["n"]) == (own["mean"], own["ci_lo"], own["ci_hi"], own["n"])
+    assert tool.main([path, "cut_after_block6", "cut_after_block5"]) == 0
+    assert capsys.readouterr().out.startswith("cut_after_block6_no_reinit-58d72cbd vs cut_after_block5_no_reinit-d2e169da: ")
+    assert tool.main([path, "full_", "full_no_reinit"]) == 2  # ambiguous prefix
+    assert "more than one arm matches 'full_'" in capsys.readouterr().err
+    assert tool.main([path + ".missing", "a", "b"]) == 2
