@@ -591,7 +591,7 @@ def recommend(study: dict) -> Optional[dict]:
 def extra_comparisons(study: dict) -> List[dict]:
     """Reset / cut / freeze arms against ImageNet fully fine-tuned on all data, paired by seed
     (study.json compares only against the scratch baseline); Holm across these."""
-    from keras_tl.study import stats
+    from keras_tl.study import report, stats
 
     full = max((a["values"]["data_fraction"] for a in study["arms"]), default=1.0)
     ref = _find(study, init="imagenet", freeze="all", reinit=[], cut_after=None, data_fraction=full)
@@ -605,15 +605,8 @@ def extra_comparisons(study: dict) -> List[dict]:
         kind = "reset" if v["reinit"] else "cut" if v["cut_after"] else "freeze"
         what = (f"resetting {'+'.join(v['reinit'])}" if kind == "reset" else f"cutting after {v['cut_after']}" if kind == "cut"
                 else "training the head only" if v["freeze"] == "head_only" else f"training {v['freeze'][5:]} onward")
-        common = sorted(set(a["seeds"]) & set(ref["seeds"]))
-        entry = {"kind": kind, "arm_id": a["id"], "reference_id": ref["id"], "a": what, "b": "fine-tuning every layer",
-                 "context": "", "seeds": common}
-        if common:
-            pa, pr = dict(zip(a["seeds"], a["per_seed"])), dict(zip(ref["seeds"], ref["per_seed"]))
-            entry.update(stats.compare([pa[k] for k in common], [pr[k] for k in common], higher_is_better=study["higher_is_better"]))
-        else:
-            entry.update({"n": 0, "mean": None, "ci_lo": None, "ci_hi": None, "p_t": None, "seeds_needed": None})
-        out.append(entry)
+        out.append({"kind": kind, "arm_id": a["id"], "reference_id": ref["id"], "a": what, "b": "fine-tuning every layer",
+                    "context": "", **report.compare_arm_summaries(a, ref, study["higher_is_better"])})
     stats.finalise(out, study["higher_is_better"])
     return out
 

@@ -80,10 +80,11 @@ def test_readme_kubernetes_job_and_sbatch_array_run_every_shard():
     assert [tuple(s) for s in shards] == [(i, hi - lo + 1) for i in range(hi - lo + 1)]
 
 
-def _evidence_table_tool():
+def _tool(name):
+    """tools/<name>.py, loaded as a module (tools/ is not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("evidence_table", os.path.join(ROOT, "tools", "evidence_table.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     return tool
@@ -93,7 +94,7 @@ def test_readme_evidence_table_is_what_the_committed_studies_say():
     """The Evidence verdict table is tools/evidence_table.py's output on the committed study.json files
     named in its marker, so a number in it cannot drift from its study."""
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    tool = _evidence_table_tool()
+    tool = _tool("evidence_table")
     m = tool.MARKERS.search(text)
     assert m, "README.md has no <!-- evidence-table: DIR... --> block"
     want = tool.table([os.path.join(ROOT, d) for d in m.group(1).split()])
@@ -104,7 +105,7 @@ def test_readme_evidence_table_is_what_the_committed_studies_say():
 def test_evidence_table_rewrites_only_the_marked_block(tmp_path):
     import shutil
 
-    tool = _evidence_table_tool()
+    tool = _tool("evidence_table")
     shutil.copytree(os.path.join(ROOT, "docs", "evidence", "lite0_reset"), tmp_path / "ev" / "reset")
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- evidence-table: ev/reset -->\n| stale |\n<!-- /evidence-table -->\noutro\n")
@@ -116,13 +117,10 @@ def test_evidence_table_rewrites_only_the_marked_block(tmp_path):
 
 
 def test_evidence_cost_counts_a_carried_over_run_once(tmp_path):
-    import importlib.util
     import subprocess
     import sys
 
-    spec = importlib.util.spec_from_file_location("evidence_cost", os.path.join(ROOT, "tools", "evidence_cost.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _tool("evidence_cost")
 
     def run(path, process, training):
         os.makedirs(path)
@@ -145,11 +143,7 @@ def test_evidence_cost_counts_a_carried_over_run_once(tmp_path):
 
 
 def test_compare_arms_reproduces_the_reports_own_comparison_and_names_unknown_arms(capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("compare_arms", os.path.join(ROOT, "tools", "compare_arms.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _tool("compare_arms")
     path = os.path.join(ROOT, "docs", "evidence", "lite0_reset", "study.json")
     study = json.load(open(path, encoding="utf-8"))
     own = next(c for c in study["comparisons"] if c["arm_id"].startswith("full_reinit_top"))

@@ -28,17 +28,15 @@ def find_arm(study: dict, name: str) -> dict:
 
 
 def compare(study: dict, a_name: str, b_name: str) -> dict:
-    from keras_tl.study import stats
+    from keras_tl.study import report, stats
 
     a, b = find_arm(study, a_name), find_arm(study, b_name)
-    pa, pb = dict(zip(a["seeds"], a["per_seed"])), dict(zip(b["seeds"], b["per_seed"]))
-    seeds = sorted(set(pa) & set(pb))
-    out = {"a": a["id"], "b": b["id"], "seeds": seeds, "scale": study.get("scale", 100.0)}
-    if len(seeds) < 2:
-        return {**out, "n": len(seeds), "mean": None, "ci_lo": None, "ci_hi": None, "verdict": "needs 2+ paired seeds"}
-    c = stats.compare([pa[k] for k in seeds], [pb[k] for k in seeds], higher_is_better=study["higher_is_better"])
+    c = {"a": a["id"], "b": b["id"], "scale": study.get("scale", 100.0),
+         **report.compare_arm_summaries(a, b, study["higher_is_better"])}
+    if c["n"] < 2:
+        return {**c, "mean": None, "verdict": "needs 2+ paired seeds"}
     stats.finalise([c], study["higher_is_better"])
-    return {**out, **c}
+    return c
 
 
 def line(c: dict) -> str:

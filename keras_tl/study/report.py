@@ -60,10 +60,21 @@ def _compute(plan: Plan, results: Dict[str, dict]) -> Dict[str, Any]:
         if run.key in results:
             by_arm.setdefault(run.arm_id, []).append(float(results[run.key].get("wall_time") or 0.0))
     every = [t for ts in by_arm.values() for t in ts]
-    return {"runs": len(every), "train_time_s": round(float(np.sum(every)), 1) if every else 0.0,
+    return {"runs": len(every), "train_time_s": round(float(sum(every)), 1),
             "median_run_s": {a: round(float(np.median(ts)), 1) for a, ts in by_arm.items()},
             "note": "each finished run's training wall time (metrics.json wall_time: its phases, not start-up, evaluation or "
                     "export), summed over every learning rate; runs carried over from another study count here as well"}
+
+
+def compare_arm_summaries(a: dict, b: dict, higher_is_better: bool = True) -> dict:
+    """Arm A against arm B of a study.json (their ``seeds`` and ``per_seed``, each at its picked
+    rate), paired over the seeds both have: ``seeds`` plus :func:`stats.compare`'s fields, or n 0 and
+    None figures when they share no seed. No verdict yet (:func:`stats.finalise` adds it)."""
+    pa, pb = dict(zip(a["seeds"], a["per_seed"])), dict(zip(b["seeds"], b["per_seed"]))
+    common = sorted(set(pa) & set(pb))
+    if not common:
+        return {"seeds": common, "n": 0, "mean": None, "ci_lo": None, "ci_hi": None, "p_t": None, "seeds_needed": None}
+    return {"seeds": common, **stats.compare([pa[k] for k in common], [pb[k] for k in common], higher_is_better=higher_is_better)}
 
 
 def analyze(plan: Plan, results: Dict[str, dict], *, seed: int = 0, n_boot: int = stats.N_BOOT,
