@@ -116,6 +116,20 @@ def test_evidence_table_rewrites_only_the_marked_block(tmp_path):
     assert not (tmp_path / "README.md.tmp").exists()
 
 
+def test_evidence_table_lists_a_carried_over_comparison_once():
+    """lite0_source_study's ImageNet-vs-scratch runs are lite0_imagenet_study's (tools/reuse_runs.py):
+    after lite0_imagenet those three rows are not repeated; its own sdss rows are kept, and alone it
+    lists all six."""
+    tool = _tool("evidence_table")
+    ev = os.path.join(ROOT, "docs", "evidence")
+    both = tool.table([os.path.join(ev, "lite0_imagenet"), os.path.join(ev, "lite0_source")]).splitlines()
+    alone = tool.table([os.path.join(ev, "lite0_source")]).splitlines()
+    assert sum(r.startswith("| lite0_source_study |") for r in alone) == 6
+    source_rows = [r for r in both if r.startswith("| lite0_source_study |")]
+    assert len(source_rows) == 3 and all("sdss_lite0 vs imagenet" in r for r in source_rows)
+    assert sum(r.startswith("| lite0_imagenet_study |") for r in both) == 3
+
+
 def test_evidence_cost_counts_a_carried_over_run_once(tmp_path):
     import subprocess
     import sys

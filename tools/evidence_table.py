@@ -5,7 +5,8 @@
 
 Prints one markdown table: per comparison, the study, the arm against its baseline and what was held
 fixed, finished seeds, the arm's and the baseline's mean, the paired difference with its 95% CI,
-and the report's verdict (with "at chance" flags). tests/test_docs.py checks that the README holds
+and the report's verdict (with "at chance" flags). A comparison repeated in a later study (runs carried
+over, same figures) is listed once. tests/test_docs.py checks that the README holds
 exactly this output between its ``evidence-table`` markers.
 """
 
@@ -35,19 +36,27 @@ def rows(study: dict):
         ci = "n/a (1 seed)" if c["ci_lo"] is None else f"{_diff(c['ci_lo'], scale)} to {_diff(c['ci_hi'], scale)}"
         chance = [w for w, flag in (("arm", c["at_chance"]["a"]), ("baseline", c["at_chance"]["b"])) if flag]
         verdict = c["verdict"] + ("" if not chance or "chance" in c["verdict"] else f"; {' and '.join(chance)} at chance")
-        yield (study["name"], f"{c['a']} vs {c['b']}" + (f" ({c['context']})" if c.get("context") else ""),
+        row = (study["name"], f"{c['a']} vs {c['b']}" + (f" ({c['context']})" if c.get("context") else ""),
                f"{c['n']}", _pct(a["mean"], scale), _pct(b["mean"], scale), _diff(c["mean"], scale), ci, verdict)
+        # the same two arms, either way round (a later study may take the other as its baseline)
+        yield (frozenset((c["arm_id"], c["reference_id"])), c["n"], round(abs(c["mean"]), 9)), row
 
 
 def table(study_dirs) -> str:
+    """The table over ``study_dirs`` in order. A comparison that an earlier study already showed (the
+    same two arm ids, which name the training recipe, either as arm or baseline, the same seeds and
+    difference: runs carried over by tools/reuse_runs.py) is listed once, under the first study."""
     head = ("study", "comparison", "seeds", "arm (%)", "baseline (%)", "difference (points)", "95% CI (points)", "verdict")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    seen = set()
     for d in study_dirs:
         with open(os.path.join(d, "study.json"), encoding="utf-8") as f:
             study = json.load(f)
         done = f" ({study['runs_done']}/{study['runs_total']} runs)" if study["runs_done"] < study["runs_total"] else ""
-        for r in rows(study):
-            lines.append("| " + " | ".join((r[0] + done,) + r[1:]) + " |")
+        for key, r in rows(study):
+            if key not in seen:
+                seen.add(key)
+                lines.append("| " + " | ".join((r[0] + done,) + r[1:]) + " |")
     return "\n".join(lines)
 
 
