@@ -130,6 +130,60 @@ def test_evidence_table_lists_a_carried_over_comparison_once():
     assert sum(r.startswith("| lite0_imagenet_study |") for r in both) == 3
 
 
+def test_every_committed_study_figure_is_in_its_committed_run_records():
+    """Each docs/evidence study with records/ (tools/snapshot_study.py) commits every run it reports:
+    the per-seed metric of every arm, at its picked rate, is that run's metrics.json. (Guards against
+    .gitignore's ``runs/`` swallowing records/runs/, as it once did.)"""
+    import glob
+
+    studies = sorted(glob.glob(os.path.join(ROOT, "docs", "evidence", "*", "records", "plan.json")))
+    assert len(studies) >= 10
+    for plan_path in studies:
+        out = os.path.dirname(os.path.dirname(plan_path))
+        study = json.load(open(os.path.join(out, "study.json"), encoding="utf-8"))
+        metric = study["metric"]
+        for arm in study["arms"]:
+            lr = "" if not study.get("lr_grid") else f"lr{study['lr_grid'].index(arm['lr_picked'])}"
+            for seed, value in zip(arm["seeds"], arm["per_seed"]):
+                path = os.path.join(out, "records", "runs", arm["id"], lr, f"seed{seed}", "metrics.json")
+                assert os.path.isfile(path), f"{path}: not committed; check .gitignore and rerun tools/snapshot_study.py"
+                got = json.load(open(path, encoding="utf-8"))[study["split"]][metric]
+                assert abs(got - value) < 1e-12, (path, got, value)
+
+
+def test_evidence_table_replaces_a_comparison_a_later_study_extended_with_seeds():
+    """lite0_reset_cut_study carried lite0_reset_study's seeds 0-5 of the two cuts over and added 6-9:
+    its 10-seed rows take the 6-seed rows' place; the reinit rows stay lite0_reset's."""
+    tool = _tool("evidence_table")
+    ev = os.path.join(ROOT, "docs", "evidence")
+    both = [r for r in tool.table([os.path.join(ev, "lite0_reset"), os.path.join(ev, "lite0_reset_cut")]).splitlines()[2:]]
+    assert [r.split(" | ")[0] for r in both] == ["| lite0_reset_study"] * 2 + ["| lite0_reset_cut_study"] * 2
+    assert [r.split(" | ")[2] for r in both] == ["6", "6", "10", "10"]
+    assert "cut_after_block6" in both[2] and "cut_after_block5" in both[3]
+
+
+def test_evidence_table_keeps_comparisons_of_different_runs_apart(tmp_path):
+    """Same arms' overrides but different runs (another base recipe, say): both rows are listed; the
+    same runs with the baseline the other way round are listed once."""
+    tool = _tool("evidence_table")
+
+    def study(path, name, a, b, diffs):
+        arms = [{"id": i, "mean": 0.5} for i in (a, b)]
+        comp = {"arm_id": a, "reference_id": b, "a": a, "b": b, "seeds": list(range(len(diffs))), "diffs": diffs,
+                "n": len(diffs), "mean": sum(diffs) / len(diffs), "ci_lo": -0.1, "ci_hi": 0.1,
+                "verdict": "no evidence at this budget", "at_chance": {"a": False, "b": False}}
+        os.makedirs(path)
+        with open(os.path.join(path, "study.json"), "w") as f:
+            json.dump({"name": name, "runs_done": 1, "runs_total": 1, "arms": arms, "comparisons": [comp]}, f)
+        return str(path)
+
+    one = study(tmp_path / "one", "one", "x-aaaa", "y-bbbb", [0.1, 0.2])
+    other = study(tmp_path / "other", "other", "x2-aaaa", "y2-bbbb", [0.1, 0.3])
+    flipped = study(tmp_path / "flipped", "flipped", "y3-bbbb", "x3-aaaa", [-0.1, -0.2])
+    body = tool.table([one, other, flipped]).splitlines()[2:]
+    assert [r.split(" | ")[0] for r in body] == ["| one", "| other"]
+
+
 def test_evidence_cost_counts_a_carried_over_run_once(tmp_path):
     import subprocess
     import sys

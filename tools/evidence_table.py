@@ -6,8 +6,10 @@
 Prints one markdown table: per comparison, the study, the arm against its baseline and what was held
 fixed, finished seeds, the arm's and the baseline's mean, the paired difference with its 95% CI,
 and the report's verdict (with "at chance" flags). A comparison repeated in a later study (runs carried
-over, same figures) is listed once. tests/test_docs.py checks that the README holds
-exactly this output between its ``evidence-table`` markers.
+over by tools/reuse_runs.py) is listed once: under the first study when the seeds are the same, and
+replaced by the later study's row, in the first one's place, when the later study carried those runs
+over and added seeds. tests/test_docs.py checks that the README holds exactly this output between its
+``evidence-table`` markers.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ def _diff(x, scale):
     return "—" if x is None else f"{x * scale:+.1f}"
 
 
+def _digest(arm_id: str) -> str:
+    """The part of an arm id that names its training recipe's overrides (plan._make_arm): the labels
+    before it differ between studies that vary different axes."""
+    return arm_id.rsplit("-", 1)[-1]
+
+
 def rows(study: dict):
+    """(key, per-seed differences, row) per comparison. The key is the two arms' override digests,
+    oriented (arm, baseline); the differences are {seed: arm - baseline}."""
     scale = study.get("scale", 100.0)
     arms = {a["id"]: a for a in study["arms"]}
     for c in study["comparisons"]:
@@ -36,28 +46,41 @@ def rows(study: dict):
         ci = "n/a (1 seed)" if c["ci_lo"] is None else f"{_diff(c['ci_lo'], scale)} to {_diff(c['ci_hi'], scale)}"
         chance = [w for w, flag in (("arm", c["at_chance"]["a"]), ("baseline", c["at_chance"]["b"])) if flag]
         verdict = c["verdict"] + ("" if not chance or "chance" in c["verdict"] else f"; {' and '.join(chance)} at chance")
-        row = (study["name"], f"{c['a']} vs {c['b']}" + (f" ({c['context']})" if c.get("context") else ""),
+        done = f" ({study['runs_done']}/{study['runs_total']} runs)" if study["runs_done"] < study["runs_total"] else ""
+        row = (study["name"] + done, f"{c['a']} vs {c['b']}" + (f" ({c['context']})" if c.get("context") else ""),
                f"{c['n']}", _pct(a["mean"], scale), _pct(b["mean"], scale), _diff(c["mean"], scale), ci, verdict)
-        # the same two arms, either way round (a later study may take the other as its baseline)
-        yield (frozenset((c["arm_id"], c["reference_id"])), c["n"], round(abs(c["mean"]), 9)), row
+        yield (_digest(c["arm_id"]), _digest(c["reference_id"])), dict(zip(c["seeds"], c["diffs"])), row
+
+
+def _same_runs(earlier: dict, later: dict, flip: bool) -> bool:
+    """True when ``later`` holds every seed of ``earlier`` with the same paired difference (sign-flipped
+    when the later study took the other arm as baseline): the same runs, carried over."""
+    sign = -1.0 if flip else 1.0
+    return all(seed in later and abs(sign * later[seed] - d) < 1e-9 for seed, d in earlier.items())
 
 
 def table(study_dirs) -> str:
     """The table over ``study_dirs`` in order. A comparison that an earlier study already showed (the
-    same two arm ids, which name the training recipe, either as arm or baseline, the same seeds and
-    difference: runs carried over by tools/reuse_runs.py) is listed once, under the first study."""
+    same two arms' training overrides, either as arm or baseline, and the same paired difference on
+    every seed the earlier one had: runs carried over by tools/reuse_runs.py) is listed once: under the
+    earlier study when the seeds are the same; when the later study added seeds, its row replaces the
+    earlier one in place."""
     head = ("study", "comparison", "seeds", "arm (%)", "baseline (%)", "difference (points)", "95% CI (points)", "verdict")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    seen = set()
+    listed = []  # [key, diffs, row]
     for d in study_dirs:
         with open(os.path.join(d, "study.json"), encoding="utf-8") as f:
             study = json.load(f)
-        done = f" ({study['runs_done']}/{study['runs_total']} runs)" if study["runs_done"] < study["runs_total"] else ""
-        for key, r in rows(study):
-            if key not in seen:
-                seen.add(key)
-                lines.append("| " + " | ".join((r[0] + done,) + r[1:]) + " |")
-    return "\n".join(lines)
+        for key, diffs, r in rows(study):
+            for entry in listed:
+                flip = entry[0] == key[::-1] and key[0] != key[1]
+                if (entry[0] == key or flip) and _same_runs(entry[1], diffs, flip):
+                    if len(diffs) > len(entry[1]):
+                        entry[:] = [key, diffs, r]
+                    break
+            else:
+                listed.append([key, diffs, r])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for _, _, r in listed])
 
 
 def update_readme(path: str, study_dirs=()) -> None:
