@@ -162,6 +162,15 @@ def test_evidence_table_replaces_a_comparison_a_later_study_extended_with_seeds(
     assert "cut_after_block6" in both[2] and "cut_after_block5" in both[3]
 
 
+def test_evidence_table_carries_the_reports_chance_and_collapse_flags():
+    """The table's verdict is the report's, flags included: lite0_budget25's scratch x1 had 3 of 6 seeds
+    at chance while the others learned, which the report flags and the table must not drop."""
+    tool = _tool("evidence_table")
+    body = tool.table([os.path.join(ROOT, "docs", "evidence", "lite0_budget25")]).splitlines()[2:]
+    assert body[0].endswith("| worse; 3 collapsed seeds in scratch, x1_epochs |"), body[0]
+    assert body[1].endswith("| better |"), body[1]
+
+
 def test_evidence_table_keeps_comparisons_of_different_runs_apart(tmp_path):
     """Same arms' overrides but different runs (another base recipe, say): both rows are listed; the
     same runs with the baseline the other way round are listed once."""

@@ -5,7 +5,7 @@
 
 Prints one markdown table: per comparison, the study, the arm against its baseline and what was held
 fixed, finished seeds, the arm's and the baseline's mean, the paired difference with its 95% CI,
-and the report's verdict (with "at chance" flags). A comparison repeated in a later study (runs carried
+and the report's verdict with its flags (an arm at chance, collapsed seeds). A comparison repeated in a later study (runs carried
 over by tools/reuse_runs.py) is listed once: under the first study when the seeds are the same, and
 replaced by the later study's row, in the first one's place, when the later study carried those runs
 over and added seeds. tests/test_docs.py checks that the README holds exactly this output between its
@@ -18,6 +18,10 @@ import json
 import os
 import re
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from keras_tl.study.report import chance_flags  # noqa: E402  (no TensorFlow)
 
 MARKERS = re.compile(r"<!-- evidence-table: (.*?) -->\n(.*?)\n<!-- /evidence-table -->", re.S)
 
@@ -44,8 +48,7 @@ def rows(study: dict):
     for c in study["comparisons"]:
         a, b = arms[c["arm_id"]], arms[c["reference_id"]]
         ci = "n/a (1 seed)" if c["ci_lo"] is None else f"{_diff(c['ci_lo'], scale)} to {_diff(c['ci_hi'], scale)}"
-        chance = [w for w, flag in (("arm", c["at_chance"]["a"]), ("baseline", c["at_chance"]["b"])) if flag]
-        verdict = c["verdict"] + ("" if not chance or "chance" in c["verdict"] else f"; {' and '.join(chance)} at chance")
+        verdict = c["verdict"] + chance_flags(c)  # the report's own flags: at chance, collapsed seeds
         done = f" ({study['runs_done']}/{study['runs_total']} runs)" if study["runs_done"] < study["runs_total"] else ""
         row = (study["name"] + done, f"{c['a']} vs {c['b']}" + (f" ({c['context']})" if c.get("context") else ""),
                f"{c['n']}", _pct(a["mean"], scale), _pct(b["mean"], scale), _diff(c["mean"], scale), ci, verdict)

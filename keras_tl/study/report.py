@@ -511,7 +511,7 @@ def comparison_clause(study: dict, c: dict) -> str:
         return (f"{c['a']} vs {c['b']}{where}: both arms at chance in all {c['n']} seeds: the budget is too small for either to "
                 f"learn, so this comparison says nothing about the question, and more seeds would not change that; "
                 f"train longer, on more data or at another learning rate first.")
-    flags = _chance_flags(c)
+    flags = chance_flags(c)
     ci_name = "95% repeated CI" if study.get("adaptive") else "95% CI"
     ci = f"{ci_name} {fmt_diff(study, c['ci_lo'])} to {fmt_diff(study, c['ci_hi'])}"
     pb = f"P(better)={c['p_better']:.2f}" if c.get("p_better") is not None else ""
@@ -537,7 +537,7 @@ def comparison_clause(study: dict, c: dict) -> str:
             f"({fmt_diff(study, c['mean'])}{unit}, {ci}, {c['n']} seed{'s' if c['n'] != 1 else ''}{flags}); {resolve}.")
 
 
-def _chance_flags(c: dict) -> str:
+def chance_flags(c: dict) -> str:
     """'; scratch at chance', '; 2 collapsed seeds in imagenet' (empty when nothing to flag)."""
     if c.get("verdict") == stats.BOTH_AT_CHANCE:
         return ""
@@ -812,7 +812,7 @@ def _comparison_rows(study: dict) -> Tuple[List[str], List[List[str]]]:
         pb = "n/a" if c.get("p_better") is None else f"{c['p_better']:.2f} [{c['p_better_lo']:.2f}, {c['p_better_hi']:.2f}]"
         rows.append([c["a"], c["b"], c["context"] or "—", str(c.get("n", 0)), fmt_diff(study, c.get("mean")),
                      f"{fmt_diff(study, c.get('ci_lo'))} to {fmt_diff(study, c.get('ci_hi'))}", pb, p(c.get("p_t")),
-                     p(c.get("p_holm")), p(c.get("p_sign_flip")), c["verdict"] + _chance_flags(c),
+                     p(c.get("p_holm")), p(c.get("p_sign_flip")), c["verdict"] + chance_flags(c),
                      str(c.get("seeds_needed")) if c.get("seeds_needed") else "—"])
     return head, rows
 
